@@ -1,0 +1,1 @@
+"""DenseNet family (placeholder until the engine lands)."""

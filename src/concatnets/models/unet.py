@@ -1,0 +1,1 @@
+"""U-Net family (placeholder)."""
