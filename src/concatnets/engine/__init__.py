@@ -1,1 +1,22 @@
-"""concatnets.engine."""
+"""The memory engine: shared feature buffers and recompute-from-statistics autograd.
+
+Knows nothing of models. DenseNet uses :func:`dense_block` and :func:`norm_act_conv`;
+U-Net uses :func:`norm_act_conv` (skips written into the decoder's concatenation) and
+:func:`norm_act_pool`.
+"""
+
+from __future__ import annotations
+
+from concatnets.engine.dense_block import BottleneckPolicy, DenseLayerLike, dense_block
+from concatnets.engine.norm_act_conv import NormActPart, norm_act_conv
+from concatnets.engine.stats import NormStats, norm_stats
+
+__all__ = [
+    "BottleneckPolicy",
+    "DenseLayerLike",
+    "NormActPart",
+    "NormStats",
+    "dense_block",
+    "norm_act_conv",
+    "norm_stats",
+]

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from concatnets.ops.align import center_crop_to, pad_to
+from concatnets.ops.align import (
+    PadMode,
+    center_crop_to,
+    crop_or_pad_to,
+    crop_slices,
+    pad_to,
+    padding_amounts,
+)
 from concatnets.ops.concat import concatenate
 
-__all__ = ["center_crop_to", "concatenate", "pad_to"]
+__all__ = [
+    "PadMode",
+    "center_crop_to",
+    "concatenate",
+    "crop_or_pad_to",
+    "crop_slices",
+    "pad_to",
+    "padding_amounts",
+]

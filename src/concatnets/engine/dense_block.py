@@ -1,0 +1,309 @@
+"""A dense block on one shared feature buffer and one shared gradient buffer.
+
+Implements the memory-efficient DenseNet of Pleiss et al. 2017 ("Memory-Efficient
+Implementation of DenseNets", arXiv 1707.06990) for layers of the form
+BN -> ReLU -> conv (1x1 bottleneck) -> BN -> ReLU -> conv (3x3) -> dropout
+(Huang et al. 2017, DenseNet-BC):
+
+* Forward writes every layer's new channels into its slice of one pre-allocated buffer
+  ``(N, C0 + L * k, *spatial)``; layer ``l`` reads the view ``buffer[:, :C0 + l * k]``.
+  Concatenation is a view, never a copy, and the block's output is the buffer itself.
+* Batch statistics of each channel are computed once, when the channel is written: every
+  later layer normalises the same data, so its batch-norm mean and variance are the same
+  numbers (only the affine parameters differ). Running statistics are updated once per
+  layer per forward, exactly as in the naive network.
+* Backward walks the layers in reverse, recomputes the normalised, rectified input of each
+  layer from the saved statistics, and accumulates input gradients in place in one shared
+  gradient buffer (no per-layer gradient tensors kept alive by narrow views).
+
+Memory kept between forward and backward is linear in depth: the buffer, per-channel
+statistics, dropout masks, and (policy ``"keep"``) each layer's bottleneck output, or
+(policy ``"recompute"``) nothing else at the price of one more 1x1 convolution per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from concatnets.engine.conv import conv_backward, conv_forward
+from concatnets.engine.stats import (
+    NormStats,
+    batch_moments,
+    norm_act,
+    norm_act_backward,
+    norm_stats,
+    uses_batch_stats,
+)
+
+__all__ = ["BottleneckPolicy", "DenseLayerLike", "dense_block"]
+
+BottleneckPolicy = Literal["keep", "recompute"]
+
+# Tensors per layer passed to the autograd function, in this order.
+_PARAMS_PER_LAYER = 8
+
+
+class DenseLayerLike(Protocol):
+    """What the engine needs of a dense layer (the model's module provides it)."""
+
+    norm1: _BatchNorm
+    conv1: _ConvNd
+    norm2: _BatchNorm
+    conv2: _ConvNd
+    drop_rate: float
+    training: bool
+
+
+def _layer_params(layer: DenseLayerLike) -> list[Tensor | None]:
+    return [
+        layer.norm1.weight,
+        layer.norm1.bias,
+        layer.conv1.weight,
+        layer.conv1.bias,
+        layer.norm2.weight,
+        layer.norm2.bias,
+        layer.conv2.weight,
+        layer.conv2.bias,
+    ]
+
+
+@dataclass
+class _LayerRecord:
+    """What one layer keeps from forward for backward."""
+
+    stats1: NormStats
+    stats2: NormStats
+    bottleneck: Tensor | None  # conv1 output before norm2 (policy "keep")
+    dropout_mask: Tensor | None  # bool, True where kept
+    drop_scale: float
+
+
+def _growth(layer: DenseLayerLike) -> int:
+    return int(layer.conv2.out_channels)
+
+
+def _check_layers(layers: Sequence[DenseLayerLike], in_channels: int) -> None:
+    channels = in_channels
+    for index, layer in enumerate(layers):
+        if layer.conv1.in_channels != channels:
+            raise ValueError(
+                f"dense layer {index} expects {layer.conv1.in_channels} input channels but the "
+                f"block gives it {channels}; build layer {index} with in_channels={channels}"
+            )
+        channels += _growth(layer)
+
+
+class _DenseBlockFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        layers: Sequence[DenseLayerLike],
+        policy: BottleneckPolicy,
+        x: Tensor,
+        *params: Tensor | None,
+    ) -> Tensor:
+        buffer, records = _forward(layers, x, params, policy=policy, record=True)
+        ctx.layers = layers
+        ctx.policy = policy
+        ctx.records = records
+        ctx.in_channels = x.shape[1]
+        ctx.save_for_backward(buffer, *params)
+        return buffer
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        buffer, *params = ctx.saved_tensors
+        records: list[_LayerRecord] = ctx.records
+        layers: Sequence[DenseLayerLike] = ctx.layers
+        # One gradient buffer for the whole block, accumulated in place.
+        grad_buffer = grad_output.clone(memory_format=torch.contiguous_format)
+        param_grads: list[Tensor | None] = [None] * len(params)
+        channels = ctx.in_channels + sum(_growth(layer) for layer in layers)
+        for index in reversed(range(len(layers))):
+            layer = layers[index]
+            record = records[index]
+            records[index] = None  # type: ignore[call-overload]  # free as we go
+            growth = _growth(layer)
+            channels -= growth
+            w = params[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER]
+            grads = _layer_backward(
+                layer,
+                record,
+                w,
+                buffer.narrow(1, 0, channels),
+                grad_buffer.narrow(1, channels, growth),
+                grad_buffer.narrow(1, 0, channels),
+                ctx.policy,
+            )
+            param_grads[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER] = grads
+        grad_x = grad_buffer.narrow(1, 0, ctx.in_channels).clone()
+        return (None, None, grad_x, *param_grads)
+
+
+def _bottleneck(
+    layer: DenseLayerLike, w: Sequence[Tensor | None], features: Tensor, stats1: NormStats
+) -> tuple[Tensor, Tensor]:
+    """``conv1(relu(norm1(features)))`` and the rectified input it was computed from."""
+    y1 = norm_act(features, w[0], w[1], stats1)  # (N, C_l, *spatial), transient
+    return conv_forward(layer.conv1, y1, w[2], w[3]), y1  # type: ignore[arg-type]
+
+
+def _forward(
+    layers: Sequence[DenseLayerLike],
+    x: Tensor,
+    params: Sequence[Tensor | None],
+    *,
+    policy: BottleneckPolicy,
+    record: bool,
+) -> tuple[Tensor, list[_LayerRecord]]:
+    in_channels = x.shape[1]
+    total = in_channels + sum(_growth(layer) for layer in layers)
+    buffer = x.new_empty((x.shape[0], total, *x.shape[2:]))  # (N, C0 + L*k, *spatial)
+    buffer.narrow(1, 0, in_channels).copy_(x)
+    # Per-channel batch moments of the buffer, filled as channels are written.
+    need_moments = any(uses_batch_stats(layer.norm1) for layer in layers)
+    means = x.new_empty(total) if need_moments else None
+    variances = x.new_empty(total) if need_moments else None
+    if means is not None and variances is not None:
+        m, v = batch_moments(x)
+        means[:in_channels], variances[:in_channels] = m, v
+    records: list[_LayerRecord] = []
+    channels = in_channels
+    for index, layer in enumerate(layers):
+        w = params[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER]
+        features = buffer.narrow(1, 0, channels)  # the concatenation: a view
+        moments = (
+            (means[:channels], variances[:channels])
+            if means is not None and variances is not None
+            else None
+        )
+        stats1 = norm_stats(layer.norm1, features, moments=moments)
+        bottleneck, y1 = _bottleneck(layer, w, features, stats1)
+        del y1
+        stats2 = norm_stats(layer.norm2, bottleneck)
+        y2 = norm_act(bottleneck, w[4], w[5], stats2)
+        new = conv_forward(layer.conv2, y2, w[6], w[7])  # (N, k, *spatial)
+        del y2
+        growth = new.shape[1]
+        mask, scale = None, 1.0
+        if layer.drop_rate > 0 and layer.training:
+            keep = 1.0 - layer.drop_rate
+            # Same draw as F.dropout on CPU: bernoulli_(1 - p) on a tensor shaped like ``new``.
+            noise = torch.empty_like(new).bernoulli_(keep)
+            scale = 1.0 / keep if keep > 0 else 0.0
+            new.mul_(noise).mul_(scale)
+            mask = noise.bool()
+            del noise
+        buffer.narrow(1, channels, growth).copy_(new)
+        if means is not None and variances is not None:
+            m, v = batch_moments(new)
+            means[channels : channels + growth], variances[channels : channels + growth] = m, v
+        del new
+        if record:
+            records.append(
+                _LayerRecord(
+                    stats1,
+                    stats2,
+                    bottleneck if policy == "keep" else None,
+                    mask,
+                    scale,
+                )
+            )
+        del bottleneck
+        channels += growth
+    return buffer, records
+
+
+def _layer_backward(
+    layer: DenseLayerLike,
+    record: _LayerRecord,
+    w: Sequence[Tensor | None],
+    features: Tensor,
+    grad_new: Tensor,
+    grad_features: Tensor,
+    policy: BottleneckPolicy,
+) -> list[Tensor | None]:
+    """Backward of one layer; adds its input gradient into ``grad_features`` in place."""
+    if record.dropout_mask is not None:
+        grad_new = grad_new * record.dropout_mask * record.drop_scale
+    y1: Tensor | None = None
+    bottleneck = record.bottleneck
+    if bottleneck is None:  # policy "recompute"
+        bottleneck, y1 = _bottleneck(layer, w, features, record.stats1)
+    y2 = norm_act(bottleneck, w[4], w[5], record.stats2)
+    grad_y2, grad_conv2_w, grad_conv2_b = conv_backward(
+        layer.conv2,
+        grad_new,
+        y2,
+        w[6],
+        has_bias=w[7] is not None,  # type: ignore[arg-type]
+    )
+    grad_bottleneck, grad_norm2_w, grad_norm2_b = norm_act_backward(
+        grad_y2, bottleneck, y2, w[4], record.stats2
+    )
+    del y2, grad_y2
+    if y1 is None:
+        y1 = norm_act(features, w[0], w[1], record.stats1)
+    grad_y1, grad_conv1_w, grad_conv1_b = conv_backward(
+        layer.conv1,
+        grad_bottleneck,
+        y1,
+        w[2],
+        has_bias=w[3] is not None,  # type: ignore[arg-type]
+    )
+    del grad_bottleneck, bottleneck
+    grad_x, grad_norm1_w, grad_norm1_b = norm_act_backward(
+        grad_y1, features, y1, w[0], record.stats1
+    )
+    del y1, grad_y1
+    grad_features.add_(grad_x)  # type: ignore[arg-type]
+    return [
+        grad_norm1_w,
+        grad_norm1_b,
+        grad_conv1_w,
+        grad_conv1_b,
+        grad_norm2_w,
+        grad_norm2_b,
+        grad_conv2_w,
+        grad_conv2_b,
+    ]
+
+
+def dense_block(
+    x: Tensor,
+    layers: Sequence[DenseLayerLike],
+    *,
+    policy: BottleneckPolicy = "keep",
+) -> Tensor:
+    """Run a dense block on a shared buffer; returns the buffer ``(N, C0 + L*k, *spatial)``.
+
+    Args:
+        x: Block input ``(N, C0, *spatial)``.
+        layers: The block's layers, each BN -> ReLU -> conv1 -> BN -> ReLU -> conv2 ->
+            dropout, with ``layers[l].conv1.in_channels == C0 + l * k``.
+        policy: ``"keep"`` stores each layer's bottleneck output (fast; memory linear in
+            depth with slope ``bn_size * k``); ``"recompute"`` recomputes the 1x1
+            convolution in backward (one more 1x1 convolution per layer, least memory).
+
+    Gradients are exact (same as the naive network up to floating-point rounding); double
+    backward is not supported.
+    """
+    if policy not in ("keep", "recompute"):
+        raise ValueError(f"policy must be 'keep' or 'recompute', got {policy!r}")
+    _check_layers(layers, x.shape[1])
+    params = [p for layer in layers for p in _layer_params(layer)]
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p is not None and p.requires_grad for p in params)
+    )
+    if not needs_grad:
+        with torch.no_grad():
+            buffer, _ = _forward(layers, x, params, policy=policy, record=False)
+        return buffer
+    return _DenseBlockFunction.apply(layers, policy, x, *params)

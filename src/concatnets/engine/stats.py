@@ -1,0 +1,180 @@
+"""Batch-norm statistics computed once and reused: the engine's recompute-from-stats core.
+
+Batch norm in training mode normalises with the batch's per-channel mean and biased
+variance and updates its running statistics with the unbiased variance. Recomputing it in
+backward with ``F.batch_norm(training=True)`` would update the running statistics a second
+time (pytorch/pytorch#96136). Here the forward computes the statistics once, updates the
+running statistics once, and keeps only ``mean`` and ``invstd`` (a few numbers per channel)
+so that backward can rebuild the normalised activation elementwise and call the same native
+backward kernel that plain autograd uses (Pleiss et al. 2017, arXiv 1707.06990, sec. 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "NormStats",
+    "batch_moments",
+    "norm_act",
+    "norm_act_backward",
+    "norm_stats",
+    "update_running_stats",
+    "uses_batch_stats",
+]
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-channel statistics of one batch-norm application.
+
+    Attributes:
+        mean: Mean used to normalise (batch mean in training, running mean in eval).
+        var: Variance used to normalise (biased batch variance, or running variance).
+        invstd: ``1 / sqrt(var + eps)``.
+        batch: True when ``mean``/``var`` are statistics of this batch (gradients then flow
+            through them), False when they are constants (running statistics).
+        eps: The module's epsilon.
+    """
+
+    mean: Tensor
+    var: Tensor
+    invstd: Tensor
+    batch: bool
+    eps: float
+
+    def narrow(self, start: int, length: int) -> NormStats:
+        """Statistics of channels ``start:start + length``."""
+        return NormStats(
+            self.mean.narrow(0, start, length),
+            self.var.narrow(0, start, length),
+            self.invstd.narrow(0, start, length),
+            self.batch,
+            self.eps,
+        )
+
+
+def _reduce_dims(x: Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``(N, C, *spatial)`` ``x``."""
+    var, mean = torch.var_mean(x, dim=_reduce_dims(x), correction=0)
+    return mean, var
+
+
+def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Whether ``bn`` normalises with batch statistics in its current mode."""
+    return bn.training or not bn.track_running_stats
+
+
+@torch.no_grad()
+def update_running_stats(
+    bn: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor, count: int
+) -> None:
+    """Update ``bn``'s running statistics exactly as one training-mode forward would.
+
+    Args:
+        bn: The batch-norm module.
+        mean: Batch mean per channel.
+        var: Biased batch variance per channel.
+        count: Number of values reduced per channel (``N * prod(spatial)``).
+    """
+    if not (bn.training and bn.track_running_stats):
+        return
+    assert bn.running_mean is not None and bn.running_var is not None
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm does
+        factor = 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
+    else:
+        factor = bn.momentum
+    unbiased = var * (count / max(count - 1, 1))
+    bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
+    bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+
+
+@torch.no_grad()
+def norm_stats(
+    bn: nn.modules.batchnorm._BatchNorm,
+    x: Tensor,
+    *,
+    moments: tuple[Tensor, Tensor] | None = None,
+) -> NormStats:
+    """Statistics ``bn`` normalises ``x`` with, updating running statistics once.
+
+    Args:
+        bn: The batch-norm module whose mode (train/eval) decides the statistics.
+        x: The input ``(N, C, *spatial)``.
+        moments: Precomputed ``(mean, biased var)`` of ``x`` (the dense block computes
+            them once per feature map and reuses them in every later layer).
+    """
+    if uses_batch_stats(bn):
+        mean, var = moments if moments is not None else batch_moments(x)
+        update_running_stats(bn, mean, var, x.numel() // x.shape[1])
+        batch = True
+    else:
+        assert bn.running_mean is not None and bn.running_var is not None
+        mean, var = bn.running_mean, bn.running_var
+        batch = False
+    invstd = torch.rsqrt(var + bn.eps)
+    return NormStats(mean, var, invstd, batch, bn.eps)
+
+
+def norm_act(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: NormStats,
+    *,
+    activation: bool = True,
+) -> Tensor:
+    """``relu(batch_norm(x))`` with fixed statistics, into a new contiguous tensor.
+
+    ``F.batch_norm`` in eval form with the batch's mean and biased variance gives exactly
+    the training-mode normalisation, in one fused pass and without touching running stats.
+    """
+    y = F.batch_norm(x, stats.mean, stats.var, weight, bias, False, 0.0, stats.eps)
+    return y.relu_() if activation else y
+
+
+def norm_act_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    y: Tensor | None,
+    weight: Tensor | None,
+    stats: NormStats,
+    *,
+    needs_input_grad: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of ``relu(batch_norm(x))`` for input, weight and bias.
+
+    Args:
+        grad_y: Gradient of the activation output; consumed (may be modified in place).
+        x: The normalisation's input.
+        y: The recomputed activation output, or None when no activation was applied.
+        weight: The batch-norm scale (None when not affine).
+        stats: The statistics the forward used.
+        needs_input_grad: Whether to compute the input gradient.
+    """
+    if y is not None:
+        grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0)
+    mask = [needs_input_grad, weight is not None, weight is not None]
+    grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+        grad_y,
+        x,
+        weight,
+        None if stats.batch else stats.mean,
+        None if stats.batch else stats.var,
+        stats.mean if stats.batch else None,
+        stats.invstd if stats.batch else None,
+        stats.batch,
+        stats.eps,
+        mask,
+    )
+    return (grad_x if mask[0] else None, grad_w if mask[1] else None, grad_b if mask[2] else None)
