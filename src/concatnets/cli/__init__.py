@@ -1,1 +1,1 @@
-"""concatnets.cli."""
+"""The ``concatnets`` command line: ``main(argv)`` in :mod:`concatnets.cli.main`."""

@@ -7,10 +7,9 @@ ATen kernels plain autograd would (``convolution`` / ``convolution_backward``).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
-
-import torch
 
 __all__ = ["conv_backward", "conv_forward", "is_supported_conv"]
 

@@ -38,7 +38,9 @@ from concatnets.engine.stats import (
     batch_moments,
     norm_act,
     norm_act_backward,
+    norm_act_forward,
     norm_stats,
+    relu_backward_,
     uses_batch_stats,
 )
 
@@ -112,24 +114,37 @@ class _DenseBlockFunction(torch.autograd.Function):
         buffer, records = _forward(layers, x, params, policy=policy, record=True)
         ctx.layers = layers
         ctx.policy = policy
-        ctx.records = records
         ctx.in_channels = x.shape[1]
-        ctx.save_for_backward(buffer, *params)
+        # Per-channel statistics are tiny and stay on ctx; every activation-sized tensor goes
+        # through save_for_backward, so autograd frees it right after backward (and keeps it
+        # for a second backward with retain_graph=True).
+        ctx.stats = [(r.stats1, r.stats2, r.drop_scale) for r in records]
+        ctx.num_params = len(params)
+        ctx.save_for_backward(
+            buffer,
+            *params,
+            *(r.bottleneck for r in records),
+            *(r.dropout_mask for r in records),
+        )
         return buffer
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        buffer, *params = ctx.saved_tensors
-        records: list[_LayerRecord] = ctx.records
+        saved = ctx.saved_tensors
         layers: Sequence[DenseLayerLike] = ctx.layers
+        count = len(layers)
+        buffer = saved[0]
+        params = saved[1 : 1 + ctx.num_params]
+        bottlenecks = saved[1 + ctx.num_params : 1 + ctx.num_params + count]
+        masks = saved[1 + ctx.num_params + count :]
         # One gradient buffer for the whole block, accumulated in place.
         grad_buffer = grad_output.clone(memory_format=torch.contiguous_format)
         param_grads: list[Tensor | None] = [None] * len(params)
         channels = ctx.in_channels + sum(_growth(layer) for layer in layers)
-        for index in reversed(range(len(layers))):
+        for index in reversed(range(count)):
             layer = layers[index]
-            record = records[index]
-            records[index] = None  # type: ignore[call-overload]  # free as we go
+            stats1, stats2, drop_scale = ctx.stats[index]
+            record = _LayerRecord(stats1, stats2, bottlenecks[index], masks[index], drop_scale)
             growth = _growth(layer)
             channels -= growth
             w = params[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER]
@@ -142,6 +157,7 @@ class _DenseBlockFunction(torch.autograd.Function):
                 grad_buffer.narrow(1, 0, channels),
                 ctx.policy,
             )
+            del record
             param_grads[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER] = grads
         grad_x = grad_buffer.narrow(1, 0, ctx.in_channels).clone()
         return (None, None, grad_x, *param_grads)
@@ -187,8 +203,7 @@ def _forward(
         stats1 = norm_stats(layer.norm1, features, moments=moments)
         bottleneck, y1 = _bottleneck(layer, w, features, stats1)
         del y1
-        stats2 = norm_stats(layer.norm2, bottleneck)
-        y2 = norm_act(bottleneck, w[4], w[5], stats2)
+        y2, stats2 = norm_act_forward(layer.norm2, bottleneck, w[4], w[5])
         new = conv_forward(layer.conv2, y2, w[6], w[7])  # (N, k, *spatial)
         del y2
         growth = new.shape[1]
@@ -237,6 +252,8 @@ def _layer_backward(
     bottleneck = record.bottleneck
     if bottleneck is None:  # policy "recompute"
         bottleneck, y1 = _bottleneck(layer, w, features, record.stats1)
+    # Each recomputed activation is freed as soon as its ReLU mask has been applied, so at
+    # most two tensors of the layer's input width are alive at once.
     y2 = norm_act(bottleneck, w[4], w[5], record.stats2)
     grad_y2, grad_conv2_w, grad_conv2_b = conv_backward(
         layer.conv2,
@@ -245,10 +262,12 @@ def _layer_backward(
         w[6],
         has_bias=w[7] is not None,  # type: ignore[arg-type]
     )
+    relu_backward_(grad_y2, y2)  # type: ignore[arg-type]
+    del y2
     grad_bottleneck, grad_norm2_w, grad_norm2_b = norm_act_backward(
-        grad_y2, bottleneck, y2, w[4], record.stats2
+        grad_y2, bottleneck, None, w[4], record.stats2
     )
-    del y2, grad_y2
+    del grad_y2
     if y1 is None:
         y1 = norm_act(features, w[0], w[1], record.stats1)
     grad_y1, grad_conv1_w, grad_conv1_b = conv_backward(
@@ -259,10 +278,12 @@ def _layer_backward(
         has_bias=w[3] is not None,  # type: ignore[arg-type]
     )
     del grad_bottleneck, bottleneck
+    relu_backward_(grad_y1, y1)  # type: ignore[arg-type]
+    del y1
     grad_x, grad_norm1_w, grad_norm1_b = norm_act_backward(
-        grad_y1, features, y1, w[0], record.stats1
+        grad_y1, features, None, w[0], record.stats1
     )
-    del y1, grad_y1
+    del grad_y1
     grad_features.add_(grad_x)  # type: ignore[arg-type]
     return [
         grad_norm1_w,

@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
-from concatnets.engine.stats import NormStats, norm_act_backward
+from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
 
 __all__ = ["NormActPart", "norm_act_conv", "normalize_parts"]
 
@@ -65,17 +65,15 @@ def _affine(part: NormActPart) -> tuple[Tensor | None, Tensor | None]:
     return part.norm.weight, part.norm.bias
 
 
-def _write_part(part: NormActPart, x: Tensor, w: Tensor | None, b: Tensor | None, out: Tensor):
+def _write_part(
+    part: NormActPart, x: Tensor, w: Tensor | None, b: Tensor | None, out: Tensor
+) -> None:
     """Write ``relu(bn(crop(x)))`` into ``out`` (a channel slice of the buffer)."""
     x = part.cropped(x)
     if part.stats is not None:
-        stats = part.stats
-        scale = stats.invstd if w is None else stats.invstd * w
-        shift = -stats.mean * scale if b is None else b - stats.mean * scale
-        view = (-1,) + (1,) * (x.dim() - 2)
-        torch.addcmul(shift.view(view), x, scale.view(view), out=out)
-    else:
-        out.copy_(x)
+        norm_act(x, w, b, part.stats, activation=part.activation, out=out)
+        return
+    out.copy_(x)
     if part.activation:
         out.relu_()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -22,7 +21,9 @@ __all__ = [
     "batch_moments",
     "norm_act",
     "norm_act_backward",
+    "norm_act_forward",
     "norm_stats",
+    "relu_backward_",
     "update_running_stats",
     "uses_batch_stats",
 ]
@@ -63,9 +64,13 @@ def _reduce_dims(x: Tensor) -> list[int]:
 
 
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of ``(N, C, *spatial)`` ``x``."""
-    var, mean = torch.var_mean(x, dim=_reduce_dims(x), correction=0)
-    return mean, var
+    """Per-channel mean and biased variance of ``(N, C, *spatial)`` ``x``.
+
+    Uses the native batch-norm statistics kernel (with eps 0, so ``var = invstd ** -2``),
+    several times faster on CPU than ``torch.var_mean`` over dims ``(0, 2, ...)``.
+    """
+    _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
+    return mean, invstd.pow(-2)
 
 
 def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
@@ -90,10 +95,8 @@ def update_running_stats(
     assert bn.running_mean is not None and bn.running_var is not None
     if bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
-    if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm does
-        factor = 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
-    else:
-        factor = bn.momentum
+    # momentum None means a cumulative moving average, as nn.BatchNorm does.
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # type: ignore[arg-type]
     unbiased = var * (count / max(count - 1, 1))
     bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
     bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
@@ -133,14 +136,54 @@ def norm_act(
     stats: NormStats,
     *,
     activation: bool = True,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """``relu(batch_norm(x))`` with fixed statistics, into a new contiguous tensor.
+    """``relu(batch_norm(x))`` with fixed statistics, into ``out`` or a new contiguous tensor.
 
-    ``F.batch_norm`` in eval form with the batch's mean and biased variance gives exactly
-    the training-mode normalisation, in one fused pass and without touching running stats.
+    One fused multiply-add per element (``x * scale + shift``), which also reads a strided
+    view of a shared buffer efficiently.
     """
-    y = F.batch_norm(x, stats.mean, stats.var, weight, bias, False, 0.0, stats.eps)
-    return y.relu_() if activation else y
+    scale = stats.invstd if weight is None else stats.invstd * weight
+    shift = -stats.mean * scale if bias is None else bias - stats.mean * scale
+    view = (-1,) + (1,) * (x.dim() - 2)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.addcmul(shift.view(view), x, scale.view(view), out=out)
+    return out.relu_() if activation else out
+
+
+@torch.no_grad()
+def norm_act_forward(
+    bn: nn.modules.batchnorm._BatchNorm,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+) -> tuple[Tensor, NormStats]:
+    """``relu(bn(x))`` as ``bn`` computes it in its current mode, and the statistics used.
+
+    In training mode one fused native kernel computes the batch statistics, normalises and
+    updates the running statistics (once), as the naive network's forward does.
+    """
+    if not uses_batch_stats(bn):
+        stats = norm_stats(bn, x)
+        return norm_act(x, weight, bias, stats), stats
+    momentum = 0.0
+    running_mean, running_var = None, None
+    if bn.training and bn.track_running_stats:
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # type: ignore[arg-type]
+    y, mean, invstd = torch.native_batch_norm(
+        x, weight, bias, running_mean, running_var, True, momentum, bn.eps
+    )
+    var = (invstd.pow(-2) - bn.eps).clamp_(min=0)
+    return y.relu_(), NormStats(mean, var, invstd, True, bn.eps)
+
+
+def relu_backward_(grad_y: Tensor, y: Tensor) -> Tensor:
+    """Zero ``grad_y`` in place where the ReLU output ``y`` is not positive."""
+    return torch.ops.aten.threshold_backward.grad_input(grad_y, y, 0, grad_input=grad_y)
 
 
 def norm_act_backward(
@@ -163,7 +206,7 @@ def norm_act_backward(
         needs_input_grad: Whether to compute the input gradient.
     """
     if y is not None:
-        grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0)
+        grad_y = relu_backward_(grad_y, y)
     mask = [needs_input_grad, weight is not None, weight is not None]
     grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
         grad_y,

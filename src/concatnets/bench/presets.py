@@ -1,0 +1,231 @@
+"""Named benchmark plans and their expansion into per-process configurations.
+
+The presets reproduce the project's targets, each compared with the naive reference
+measured in the same run:
+
+- ``targets``: ``densenet_bc_100`` batch 64 at 32x32, ``densenet121`` batch 8 at
+  224x224 (plus torchvision's rows when it imports) and ``unet`` batch 4 at 256x256.
+- ``sweep``: DenseNet-BC (k=12, batch 64, 32x32) at depths 40, 100, 160, 250, then one
+  training step of a 1000-layer DenseNet-BC in efficient mode only (``deep``).
+- ``all``: both of the above. ``quick``: a small version of both, for a first look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from concatnets.bench.config import MODE_VALUES, TORCHVISION_MODES, BenchConfig
+
+__all__ = [
+    "DEFAULT_SWEEP_DEPTHS",
+    "FAMILY_MODES",
+    "PRESETS",
+    "PlanSettings",
+    "Row",
+    "build_plan",
+    "family_modes",
+    "model_rows",
+    "sweep_rows",
+]
+
+DEFAULT_SWEEP_DEPTHS = (40, 100, 160, 250)
+
+# Modes each model family implements. "checkpoint" is torchvision's DenseNet technique
+# (torch.utils.checkpoint around cat + BN + ReLU + 1x1 conv); U-Nets do not have it,
+# and a truthy ``memory_efficient="checkpoint"`` must not silently run another mode.
+FAMILY_MODES: dict[str, tuple[str, ...]] = {"unet": ("naive", "efficient")}
+_TORCHVISION_MODEL = "densenet121"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A model at one batch and image size, before it is expanded over modes.
+
+    Args:
+        model: Registry name.
+        batch: Batch size.
+        image_size: Input side.
+        group: Report section (``targets``, ``sweep``, ``deep``, ``custom``).
+        label: Row name; defaults to ``model``.
+        model_kwargs: Builder overrides (``depth``, ``growth_rate``, ...).
+        depth: Depth for the sweep plot.
+        modes: Modes this row is limited to; ``None`` means every requested mode.
+        steps: Timed steps.
+        warmup: Warm-up steps.
+    """
+
+    model: str
+    batch: int
+    image_size: int
+    group: str = "custom"
+    label: str = ""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    depth: int | None = None
+    modes: tuple[str, ...] | None = None
+    steps: int = 3
+    warmup: int = 1
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Settings shared by every row; ``None`` keeps each row's own value.
+
+    Args:
+        modes: Modes to run, in report order.
+        device: ``cpu`` or a CUDA device.
+        threads: ``torch.set_num_threads`` in each child.
+        steps: Override of every row's timed steps.
+        warmup: Override of every row's warm-up steps.
+        batch: Override of every row's batch size.
+        image_size: Override of every row's input size.
+    """
+
+    modes: tuple[str, ...] = tuple(MODE_VALUES)
+    device: str = "cpu"
+    threads: int | None = None
+    steps: int | None = None
+    warmup: int | None = None
+    batch: int | None = None
+    image_size: int | None = None
+
+
+def sweep_rows(
+    depths: Iterable[int],
+    *,
+    growth_rate: int = 12,
+    batch: int = 64,
+    image_size: int = 32,
+    group: str = "sweep",
+    modes: tuple[str, ...] | None = None,
+    steps: int = 3,
+    warmup: int = 1,
+) -> list[Row]:
+    """DenseNet-BC (CIFAR, 10 classes) rows, one per depth ``L = 6n + 4``."""
+    rows = []
+    for depth in depths:
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"DenseNet-BC depth must be 6n + 4 with n >= 1, got {depth}")
+        rows.append(
+            Row(
+                model="densenet_bc",
+                batch=batch,
+                image_size=image_size,
+                group=group,
+                label=f"densenet_bc-{depth}-k{growth_rate}",
+                model_kwargs={"depth": depth, "growth_rate": growth_rate, "num_classes": 10},
+                depth=depth,
+                modes=modes,
+                steps=steps,
+                warmup=warmup,
+            )
+        )
+    return rows
+
+
+def model_rows(models: Iterable[str], *, batch: int, image_size: int) -> list[Row]:
+    """One ``custom`` row per registered model name."""
+    return [Row(model=name, batch=batch, image_size=image_size) for name in models]
+
+
+def _targets() -> list[Row]:
+    return [
+        Row("densenet_bc_100", batch=64, image_size=32, group="targets"),
+        Row("densenet121", batch=8, image_size=224, group="targets"),
+        Row("unet", batch=4, image_size=256, group="targets"),
+    ]
+
+
+def _sweep() -> list[Row]:
+    deep = sweep_rows([1000], group="deep", modes=("efficient",), steps=1, warmup=0)
+    return sweep_rows(DEFAULT_SWEEP_DEPTHS) + deep
+
+
+def _quick() -> list[Row]:
+    return [
+        Row("densenet_bc_100", batch=8, image_size=32, group="targets", steps=2),
+        *sweep_rows([16, 28, 40], batch=8, steps=2),
+    ]
+
+
+PRESETS: dict[str, list[Row]] = {
+    "quick": _quick(),
+    "targets": _targets(),
+    "sweep": _sweep(),
+    "all": _targets() + _sweep(),
+}
+
+
+def family_modes(
+    rows: Sequence[Row], requested: Sequence[str] = tuple(MODE_VALUES)
+) -> tuple[list[Row], list[str]]:
+    """Limit each row to the modes its model family implements.
+
+    Returns the rows and one note per requested mode removed. Names the registry does
+    not know are left alone: their child process reports the error.
+    """
+    from concatnets.models import get_model_spec
+
+    out, notes = [], []
+    for row in rows:
+        try:
+            family = get_model_spec(row.model).family
+        except KeyError:
+            family = ""
+        allowed = FAMILY_MODES.get(family)
+        if allowed is None:
+            out.append(row)
+            continue
+        current = row.modes or tuple(MODE_VALUES)
+        out.append(replace(row, modes=tuple(m for m in current if m in allowed)))
+        notes += [
+            f"{row.label or row.model}: the {family} family has no {mode!r} mode; skipped"
+            for mode in requested
+            if mode in current and mode not in allowed
+        ]
+    return out, notes
+
+
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override
+
+
+def build_plan(
+    rows: Sequence[Row], settings: PlanSettings, *, torchvision: bool = False
+) -> list[BenchConfig]:
+    """Expand rows over the requested modes (and torchvision's rows for densenet121).
+
+    Args:
+        rows: What to measure.
+        settings: Modes, device and overrides shared by every row.
+        torchvision: Add ``tv-naive``/``tv-checkpoint`` rows after each densenet121 row.
+    """
+    unknown = [m for m in settings.modes if m not in MODE_VALUES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; choose from {list(MODE_VALUES)}")
+    plan = []
+    for row in rows:
+        modes = [m for m in settings.modes if row.modes is None or m in row.modes]
+        tv_modes = (
+            list(TORCHVISION_MODES) if torchvision and row.model == _TORCHVISION_MODEL else []
+        )
+        for mode in modes + tv_modes:
+            plan.append(
+                BenchConfig(
+                    model=row.model,
+                    mode=mode,
+                    batch=_pick(settings.batch, row.batch),
+                    image_size=_pick(settings.image_size, row.image_size),
+                    steps=_pick(settings.steps, row.steps),
+                    warmup=_pick(settings.warmup, row.warmup),
+                    device=settings.device,
+                    threads=settings.threads,
+                    model_kwargs=dict(row.model_kwargs),
+                    group=row.group,
+                    label=row.label or row.model,
+                    depth=row.depth,
+                    source="torchvision" if mode in TORCHVISION_MODES else "concatnets",
+                )
+            )
+    return plan

@@ -1,0 +1,258 @@
+"""Benchmark reports: ratios to naive, power-law fits, Markdown, JSON and a PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from concatnets.bench.config import BenchConfig, comparison_key
+from concatnets.bench.fit import fit_power_law
+
+__all__ = [
+    "add_ratios",
+    "fit_sweeps",
+    "markdown_report",
+    "markdown_table",
+    "plot_sweep",
+    "write_json",
+]
+
+_REFERENCE_MODE = "naive"
+_SWEEP_GROUP = "sweep"
+_DEEP_GROUP = "deep"
+
+
+def _config(result: Mapping[str, Any]) -> BenchConfig:
+    return BenchConfig(**result["config"])
+
+
+def _ok(result: Mapping[str, Any]) -> bool:
+    return result.get("status") == "ok"
+
+
+def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``memory_ratio``/``time_ratio`` to the naive row of the same comparison key.
+
+    A ratio is ``None`` when that naive row is missing or failed.
+    """
+    naive = {
+        comparison_key(_config(r)): r
+        for r in results
+        if _ok(r) and r["config"]["mode"] == _REFERENCE_MODE
+    }
+    out = []
+    for result in results:
+        reference = naive.get(comparison_key(_config(result)))
+        memory_ratio = time_ratio = None
+        if _ok(result) and reference is not None:
+            if reference["peak_growth_mib"] > 0:
+                memory_ratio = result["peak_growth_mib"] / reference["peak_growth_mib"]
+            if reference["median_step_s"] > 0:
+                time_ratio = result["median_step_s"] / reference["median_step_s"]
+        out.append({**result, "memory_ratio": memory_ratio, "time_ratio": time_ratio})
+    return out
+
+
+def fit_sweeps(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per mode, the power law of peak memory growth and step time against depth.
+
+    Only the ``sweep`` group is fitted, so every mode is fitted over the same depths.
+    """
+    by_mode: dict[str, list[Mapping[str, Any]]] = {}
+    for result in results:
+        if _ok(result) and result["config"]["group"] == _SWEEP_GROUP:
+            by_mode.setdefault(result["config"]["mode"], []).append(result)
+    fits = {}
+    for mode, rows in by_mode.items():
+        rows = sorted(rows, key=lambda r: r["config"]["depth"])
+        depths = [r["config"]["depth"] for r in rows]
+        memory = fit_power_law(depths, [r["peak_growth_mib"] for r in rows])
+        time = fit_power_law(depths, [r["median_step_s"] for r in rows])
+        fits[mode] = {
+            "depths": depths,
+            "memory": asdict(memory) if memory else None,
+            "time": asdict(time) if time else None,
+        }
+    return fits
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _input(config: Mapping[str, Any]) -> str:
+    return f"{config['image_size']}x{config['image_size']}"
+
+
+def markdown_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """One row per configuration: peak MiB, step time, and their ratios to naive."""
+    lines = [
+        "| group | model | mode | batch | input | peak MiB | mem x naive "
+        "| median step s | time x naive | min step s |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        c = r["config"]
+        head = f"| {c['group']} | {c['label']} | {c['mode']} | {c['batch']} | {_input(c)} "
+        if _ok(r):
+            lines.append(
+                f"{head}| {r['peak_growth_mib']:.1f} | {_ratio(r.get('memory_ratio'))} "
+                f"| {r['median_step_s']:.3f} | {_ratio(r.get('time_ratio'))} "
+                f"| {r['min_step_s']:.3f} |"
+            )
+        else:
+            lines.append(f"{head}| {r['status']} | | | | |")
+    return "\n".join(lines)
+
+
+def _problems(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for r in results:
+        if not _ok(r):
+            c = r["config"]
+            error = " ".join(str(r.get("error", "")).split())
+            lines.append(f"- {c['label']} {c['mode']}: {r['status']}: {error[-600:]}")
+    return lines
+
+
+def _fit_table(fits: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [
+        "| mode | memory exponent | memory R² | time exponent | depths |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for mode, fit in fits.items():
+        memory, time = fit["memory"], fit["time"]
+        mem = f"{memory['exponent']:.2f} | {memory['r_squared']:.3f}" if memory else " | "
+        tim = f"{time['exponent']:.2f}" if time else ""
+        depths = ", ".join(str(d) for d in fit["depths"])
+        lines.append(f"| {mode} | {mem} | {tim} | {depths} |")
+    return "\n".join(lines)
+
+
+def markdown_report(payload: Mapping[str, Any]) -> str:
+    """The whole ``results.md``: command, environment, table, fits and failures."""
+    env = payload["environment"]
+    allocator = ", ".join(f"{k}={v}" for k, v in env["allocator_env"].items()) or "system"
+    parts = [
+        "# concatnets bench memory",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        f"- CPU: {env['cpu_model']} ({env['cpu_count']} logical cores); "
+        f"device: {env['device']} ({env.get('device_name')})",
+        f"- torch {env['torch_version']}, {env['torch_threads']} threads; "
+        f"python {env['python']}; {env['libc']}",
+        f"- allocator: {allocator}",
+        f"- memory: {env.get('memory_method')}; peak over warm-up and timed steps; "
+        f"baseline taken after model, data and a priming {env.get('priming')}",
+        f"- step: forward, loss, backward, {env.get('optimizer')}",
+        f"- torchvision: {payload['torchvision']['detail']}"
+        + ("" if payload["torchvision"]["used"] else " (no torchvision rows)"),
+        "",
+        markdown_table(payload["results"]),
+    ]
+    if payload["fits"]:
+        parts += ["", "Power-law fits over the depth sweep (y = c * depth^k):", ""]
+        parts.append(_fit_table(payload["fits"]))
+    problems = _problems(payload["results"])
+    if problems:
+        parts += ["", "Not measured:", "", *problems]
+    return "\n".join(parts) + "\n"
+
+
+def write_json(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as indented JSON."""
+    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def _legend(mode: str, fit: Mapping[str, Any] | None) -> str:
+    return f"{mode} (fit: depth^{fit['exponent']:.2f})" if fit else mode
+
+
+def _tick_label(value: float, _: int) -> str:
+    return f"{value:g}"
+
+
+def _minor_tick_label(value: float, _: int) -> str:
+    # Label 2x and 5x each power of ten: readable over one decade or several.
+    mantissa = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+    return f"{value:g}" if mantissa in (2, 5) else ""
+
+
+def plot_sweep(
+    results: Sequence[Mapping[str, Any]],
+    fits: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+) -> bool:
+    """Two log-log panels, peak memory and step time against depth, one line per mode.
+
+    The legend carries each mode's fitted exponent; ``deep`` rows are drawn as stars.
+    Returns ``False`` (and writes nothing) when there is no successful sweep row.
+    """
+    sweep = [r for r in results if _ok(r) and r["config"]["group"] in (_SWEEP_GROUP, _DEEP_GROUP)]
+    if not sweep:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    figure, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
+    modes = list(dict.fromkeys(r["config"]["mode"] for r in sweep))
+    for index, mode in enumerate(modes):
+        color = f"C{index}"
+        for group, marker, style in ((_SWEEP_GROUP, "o", "-"), (_DEEP_GROUP, "*", "none")):
+            rows = sorted(
+                (r for r in sweep if r["config"]["mode"] == mode and r["config"]["group"] == group),
+                key=lambda r: r["config"]["depth"],
+            )
+            if not rows:
+                continue
+            depths = [r["config"]["depth"] for r in rows]
+            fit = fits.get(mode, {}) if group == _SWEEP_GROUP else {}
+            for axis, key, kind in (
+                (memory_axis, "peak_growth_mib", "memory"),
+                (time_axis, "median_step_s", "time"),
+            ):
+                label = (
+                    _legend(mode, fit.get(kind)) if group == _SWEEP_GROUP else f"{mode}, {group}"
+                )
+                axis.plot(
+                    depths,
+                    [r[key] for r in rows],
+                    marker=marker,
+                    linestyle=style,
+                    color=color,
+                    markersize=12 if marker == "*" else 6,
+                    label=label,
+                )
+    first = sweep[0]["config"]
+    title = (
+        f"{first['label'].rsplit('-', 2)[0]}, k={first['model_kwargs'].get('growth_rate')}, "
+        f"batch {first['batch']}, {_input(first)}, {first['device']}"
+    )
+    for axis, ylabel in (
+        (memory_axis, "peak memory growth (MiB)"),
+        (time_axis, "median step time (s)"),
+    ):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        depths = sorted({r["config"]["depth"] for r in sweep})
+        axis.set_xticks(depths, labels=[str(d) for d in depths])
+        axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+        axis.yaxis.set_major_formatter(ticker.FuncFormatter(_tick_label))
+        axis.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_tick_label))
+        axis.set_xlabel("depth (layers)")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True

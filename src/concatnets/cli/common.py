@@ -1,0 +1,76 @@
+"""Pieces shared by the subcommands: help formatting, devices, data flags."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+import torch
+
+__all__ = [
+    "HelpFormatter",
+    "add_data_source_arguments",
+    "describe",
+    "epilog",
+    "resolve_device",
+]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-formatted examples of epilogs and descriptions as written."""
+
+
+def epilog(*examples: str) -> str:
+    """An ``examples:`` epilog, one command per line.
+
+    Args:
+        examples: Shell lines; a line starting with ``#`` is a comment.
+    """
+    return "examples:\n" + "\n".join(f"  {line}" for line in examples)
+
+
+def describe(text: str) -> str:
+    """Dedent a description block."""
+    return textwrap.dedent(text).strip()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was requested but no CUDA GPU is visible; use cpu")
+    return device
+
+
+def add_data_source_arguments(parser: argparse.ArgumentParser, *, default_note: str) -> None:
+    """Flags naming a labelled dataset: ``--data`` and its built-in / mask options.
+
+    Args:
+        parser: The subcommand parser.
+        default_note: What happens without ``--data``.
+    """
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help=f"builtin:cells, builtin:shapes, or a folder ({default_note})",
+    )
+    group.add_argument("--num-images", type=int, metavar="N", help="images of a built-in set")
+    group.add_argument("--image-size", type=int, metavar="PX", help="side of built-in images")
+    group.add_argument(
+        "--mask-values",
+        metavar="MAP",
+        help="stored mask value -> class, e.g. 0:0,255:1 (default: the training run's)",
+    )
+    group.add_argument("--seed", type=int, help="seed of built-in data generation")

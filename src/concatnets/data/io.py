@@ -1,0 +1,199 @@
+"""Reading and writing images and masks: PNG, JPEG, TIFF (via Pillow) and NumPy ``.npy``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageInfo",
+    "is_image_file",
+    "list_image_files",
+    "probe_image",
+    "read_image",
+    "read_mask",
+    "to_float_image",
+    "write_mask_png",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Size and channel count of an image file, read without decoding its pixels.
+
+    Args:
+        height: Rows.
+        width: Columns.
+        channels: 1 for grayscale, 3 for colour.
+    """
+
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return (self.height, self.width)
+
+
+def is_image_file(path: Path) -> bool:
+    """True when ``path`` is a file with a supported image extension."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_image_files(directory: Path) -> list[Path]:
+    """Supported image files directly inside ``directory``, sorted by name."""
+    return sorted(p for p in directory.iterdir() if is_image_file(p) and not p.name.startswith("."))
+
+
+def _channels_of_array(array: np.ndarray, path: Path) -> int:
+    if array.ndim == 2:
+        return 1
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        return 1 if array.shape[-1] == 1 else 3
+    raise ValueError(
+        f"{path}: array of shape {tuple(array.shape)} is not an image; "
+        "save 2-D (H, W) or 3-D (H, W, C) arrays with C in 1, 3 or 4"
+    )
+
+
+def probe_image(path: Path) -> ImageInfo:
+    """Read the size and channel count of ``path`` from its header.
+
+    Args:
+        path: A PNG, JPEG, TIFF or ``.npy`` file.
+    """
+    if path.suffix.lower() == ".npy":
+        array = np.load(path, mmap_mode="r")
+        channels = _channels_of_array(array, path)
+        return ImageInfo(int(array.shape[0]), int(array.shape[1]), channels)
+    with Image.open(path) as image:
+        width, height = image.size
+        colour = image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+        return ImageInfo(height, width, 3 if colour else 1)
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return np.asarray(np.load(path))
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(
+            f"{path}: unsupported file type {path.suffix!r}; "
+            f"use one of {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    with Image.open(path) as image:
+        image.load()
+        return _pil_to_array(image)
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode == "I;16" or image.mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    return np.asarray(image)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an input image as ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour).
+
+    Palette images become RGB, alpha channels are dropped and single-channel 3-D
+    arrays are squeezed. The dtype is kept (uint8, uint16 or float).
+
+    Args:
+        path: A PNG, JPEG, TIFF or ``.npy`` file.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBA"):
+                image = image.convert("RGB")
+            elif image.mode in ("LA", "PA"):
+                image = image.convert("L")
+            array = _pil_to_array(image)
+    else:
+        array = _read_raw(path)
+    _channels_of_array(array, path)
+    if array.ndim == 3:
+        array = array[..., 0] if array.shape[-1] == 1 else array[..., :3]
+    return array
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a label mask as a 2-D integer array of raw stored values.
+
+    Palette PNGs give their palette indices (the usual way to store class masks);
+    colour masks are rejected because colours are not class indices.
+
+    Args:
+        path: A PNG, TIFF or ``.npy`` file holding one value per pixel.
+    """
+    path = Path(path)
+    array = _read_raw(path)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3:
+        channels = array[..., :3]
+        if np.all(channels == channels[..., :1]):
+            array = array[..., 0]
+        else:
+            raise ValueError(
+                f"{path}: colour mask of shape {tuple(array.shape)}; store masks as one "
+                "channel of class indices (grayscale or palette PNG, or a 2-D .npy)"
+            )
+    if array.ndim != 2:
+        raise ValueError(f"{path}: mask has shape {tuple(array.shape)}; expected a 2-D (H, W) mask")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise ValueError(
+                f"{path}: mask holds non-integer values; store class indices as integers"
+            )
+        array = array.astype(np.int64)
+    return array.astype(np.int64, copy=False)
+
+
+def to_float_image(array: np.ndarray) -> np.ndarray:
+    """Scale an image to float32 in roughly [0, 1] and lay it out as ``(C, H, W)``.
+
+    uint8 and uint16 images are divided by 255 and 65535, wider integers by the
+    smallest of those ranges that holds their values; float images are kept as they are.
+
+    Args:
+        array: ``(H, W)`` or ``(H, W, C)`` image.
+    """
+    if array.dtype == np.bool_:
+        scaled = array.astype(np.float32)
+    elif array.dtype in (np.uint8, np.uint16):
+        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    elif np.issubdtype(array.dtype, np.integer):
+        # 16-bit PNGs may open as 32-bit "I" images: scale by the smallest range that fits.
+        peak = int(array.max(initial=0))
+        scale = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else float(peak)
+        scaled = array.astype(np.float32) / scale
+    else:
+        scaled = array.astype(np.float32)
+    if scaled.ndim == 2:
+        return scaled[None]
+    return np.ascontiguousarray(np.moveaxis(scaled, -1, 0))
+
+
+def write_mask_png(path: Path, mask: np.ndarray) -> None:
+    """Save a class-index mask as an 8-bit (or 16-bit when needed) grayscale PNG.
+
+    Args:
+        path: Destination ``.png``.
+        mask: 2-D array of non-negative class indices.
+    """
+    mask = np.asarray(mask)
+    if mask.max(initial=0) < 256:
+        Image.fromarray(mask.astype(np.uint8)).save(path)
+    else:
+        Image.fromarray(mask.astype(np.uint16)).save(path)

@@ -1,0 +1,191 @@
+"""Built-in data that needs no download, generated deterministically from a seed.
+
+``cells`` imitates the electron-microscopy stacks of the U-Net paper (Ronneberger et
+al. 2015, arXiv 1505.04597): touching cells separated by thin dark membranes, with
+textured interiors and noise. ``shapes`` is a three-class classification set of
+circles, squares and triangles. Image ``i`` depends only on ``(seed, i)``, so a larger
+``num_images`` extends a set without changing its first images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CELL_CLASSES", "SHAPE_CLASSES", "make_cell_image", "make_cells", "make_shapes"]
+
+CELL_CLASSES: tuple[str, ...] = ("border", "cell")
+SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
+
+
+def _image_rng(seed: int, index: int, salt: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index, salt])
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
+    """Zero-mean, unit-scale noise that varies over about ``cell`` pixels."""
+    coarse = max(2, int(np.ceil(size / cell)) + 1)
+    grid = torch.from_numpy(rng.standard_normal((1, 1, coarse, coarse)).astype(np.float32))
+    fine = F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=True)
+    return fine[0, 0].numpy()
+
+
+def _box_blur(image: np.ndarray) -> np.ndarray:
+    padded = np.pad(image, 1, mode="edge")
+    height, width = image.shape
+    total = sum(padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3))
+    return total / 9.0
+
+
+def _voronoi_labels(rng: np.random.Generator, size: int, cell_size: float) -> np.ndarray:
+    """Nearest-seed labels of jittered-grid seeds, on coordinates warped for wavy borders."""
+    count = int(np.ceil(size / cell_size)) + 2
+    centres = (np.arange(count) - 0.5) * cell_size
+    gy, gx = np.meshgrid(centres, centres, indexing="ij")
+    jitter = rng.uniform(-0.4, 0.4, size=(2, count, count)) * cell_size
+    seeds_y = (gy + jitter[0]).ravel()
+    seeds_x = (gx + jitter[1]).ravel()
+    ys, xs = np.meshgrid(
+        np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij"
+    )
+    ys = ys + 1.5 * _smooth_noise(rng, size, cell_size)
+    xs = xs + 1.5 * _smooth_noise(rng, size, cell_size)
+    best = np.full((size, size), np.inf, dtype=np.float32)
+    labels = np.zeros((size, size), dtype=np.int64)
+    for start in range(0, seeds_y.size, 32):
+        sy = seeds_y[start : start + 32, None, None]
+        sx = seeds_x[start : start + 32, None, None]
+        distance = (ys[None] - sy) ** 2 + (xs[None] - sx) ** 2
+        nearest = distance.argmin(axis=0)
+        value = np.take_along_axis(distance, nearest[None], axis=0)[0]
+        closer = value < best
+        best = np.where(closer, value, best)
+        labels = np.where(closer, nearest + start, labels)
+    return labels
+
+
+def _borders(labels: np.ndarray, thickness: int) -> np.ndarray:
+    """Pixels whose label differs from a 4-neighbour: one side (1 px) or both sides (2 px)."""
+    border = np.zeros(labels.shape, dtype=bool)
+    right = labels[:, :-1] != labels[:, 1:]
+    down = labels[:-1, :] != labels[1:, :]
+    border[:, :-1] |= right
+    border[:-1, :] |= down
+    if thickness >= 2:
+        border[:, 1:] |= right
+        border[1:, :] |= down
+    return border
+
+
+def make_cell_image(
+    seed: int, index: int, image_size: int = 64, cell_size: float = 14.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic microscopy image and its mask.
+
+    Args:
+        seed: Seed of the whole set.
+        index: Position of the image in the set.
+        image_size: Side length in pixels.
+        cell_size: Typical cell diameter in pixels.
+
+    Returns:
+        ``(image, mask)``: uint8 ``(H, W)`` grayscale image and uint8 mask with
+        0 = border or extracellular background, 1 = cell.
+    """
+    rng = _image_rng(seed, index, 1)
+    labels = _voronoi_labels(rng, image_size, cell_size)
+    border = _borders(labels, thickness=int(rng.integers(1, 3)))
+    num_labels = int(labels.max()) + 1
+    extracellular = rng.random(num_labels) < 0.08
+    inside = ~border & ~extracellular[labels]
+
+    base = rng.uniform(0.55, 0.85, size=num_labels)
+    image = base[labels] + 0.07 * _smooth_noise(rng, image_size, cell_size / 3)
+    image = np.where(
+        extracellular[labels], 0.42 + 0.05 * _smooth_noise(rng, image_size, 4.0), image
+    )
+    ys, xs = np.mgrid[0:image_size, 0:image_size]
+    for _ in range(int(rng.poisson(image_size * image_size / (cell_size * cell_size) * 0.8))):
+        cy, cx = rng.uniform(0, image_size, size=2)
+        radius = rng.uniform(0.8, 2.2)
+        image = np.where((ys - cy) ** 2 + (xs - cx) ** 2 < radius**2, image - 0.18, image)
+    image = np.where(
+        border, rng.uniform(0.1, 0.25) + 0.04 * rng.standard_normal(border.shape), image
+    )
+    image = _box_blur(image) * 0.6 + image * 0.4
+    image = image + 0.045 * rng.standard_normal(image.shape)
+    pixels = np.clip(image * 255.0, 0, 255).round().astype(np.uint8)
+    return pixels, inside.astype(np.uint8)
+
+
+def make_cells(
+    num_images: int, image_size: int = 64, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The built-in ``cells`` segmentation set: touching cells and thin borders.
+
+    Args:
+        num_images: How many images.
+        image_size: Side length in pixels (at least 16).
+        seed: Seed; the same seed always gives the same images.
+    """
+    if image_size < 16:
+        raise ValueError(f"--image-size {image_size} is too small for builtin:cells; use >= 16")
+    pairs = [make_cell_image(seed, i, image_size) for i in range(num_images)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _shape_mask(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    radius = rng.uniform(0.22, 0.34) * size
+    margin = radius * 1.05
+    cy, cx = rng.uniform(margin, size - 1 - margin, size=2)
+    angle = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy, dx = ys - cy, xs - cx
+    u = np.cos(angle) * dx + np.sin(angle) * dy
+    v = -np.sin(angle) * dx + np.cos(angle) * dy
+    if kind == 0:
+        return u**2 + v**2 <= radius**2
+    if kind == 1:
+        half = radius * 0.8
+        return (np.abs(u) <= half) & (np.abs(v) <= half)
+    inside = np.ones((size, size), dtype=bool)
+    for k in range(3):
+        theta = 2 * np.pi * k / 3
+        # Edge normals of an equilateral triangle; the inradius is half the circumradius.
+        inside &= np.cos(theta) * u + np.sin(theta) * v <= radius * 0.55
+    return inside
+
+
+def make_shapes(
+    num_images: int, image_size: int = 32, seed: int = 0
+) -> tuple[list[np.ndarray], list[int]]:
+    """The built-in ``shapes`` classification set: circles, squares, triangles.
+
+    Classes cycle 0, 1, 2 so the set is balanced; sizes, positions, rotations and
+    colours are random.
+
+    Args:
+        num_images: How many images.
+        image_size: Side length in pixels (at least 12).
+        seed: Seed; the same seed always gives the same images.
+
+    Returns:
+        ``(images, labels)``: uint8 ``(H, W, 3)`` images and class indices into
+        :data:`SHAPE_CLASSES`.
+    """
+    if image_size < 12:
+        raise ValueError(f"--image-size {image_size} is too small for builtin:shapes; use >= 12")
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for index in range(num_images):
+        rng = _image_rng(seed, index, 2)
+        kind = index % len(SHAPE_CLASSES)
+        inside = _shape_mask(kind, image_size, rng)
+        background = rng.uniform(0.0, 0.45, size=3)
+        foreground = np.clip(background + rng.uniform(0.35, 0.55, size=3), 0, 1)
+        image = np.where(inside[..., None], foreground, background)
+        image = image + 0.06 * rng.standard_normal(image.shape)
+        images.append(np.clip(image * 255.0, 0, 255).round().astype(np.uint8))
+        labels.append(kind)
+    return images, labels

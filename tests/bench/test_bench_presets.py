@@ -1,0 +1,81 @@
+"""Presets and their expansion over modes."""
+
+from __future__ import annotations
+
+import pytest
+
+from concatnets.bench import PRESETS, PlanSettings, Row, build_plan
+from concatnets.bench.presets import family_modes, sweep_rows
+
+
+def _rows(preset: str) -> dict[str, Row]:
+    return {row.label or row.model: row for row in PRESETS[preset]}
+
+
+def test_targets_preset_matches_the_project_targets() -> None:
+    rows = _rows("targets")
+    assert (rows["densenet_bc_100"].batch, rows["densenet_bc_100"].image_size) == (64, 32)
+    assert (rows["densenet121"].batch, rows["densenet121"].image_size) == (8, 224)
+    assert (rows["unet"].batch, rows["unet"].image_size) == (4, 256)
+
+
+def test_sweep_preset_sweeps_depth_and_runs_1000_layers_efficient_only() -> None:
+    rows = PRESETS["sweep"]
+    sweep = [r for r in rows if r.group == "sweep"]
+    assert [r.depth for r in sweep] == [40, 100, 160, 250]
+    assert all(r.model_kwargs["growth_rate"] == 12 and r.batch == 64 for r in rows)
+    (deep,) = [r for r in rows if r.group == "deep"]
+    assert deep.depth == 1000 and deep.modes == ("efficient",)
+    assert (deep.steps, deep.warmup) == (1, 0)
+    plan = build_plan([deep], PlanSettings())
+    assert [c.mode for c in plan] == ["efficient"]
+
+
+def test_plan_expands_modes_and_applies_overrides() -> None:
+    rows = [Row("densenet_bc_100", batch=64, image_size=32)]
+    plan = build_plan(rows, PlanSettings(modes=("naive", "efficient"), batch=2, steps=1))
+    assert [(c.mode, c.memory_efficient, c.batch, c.steps) for c in plan] == [
+        ("naive", False, 2, 1),
+        ("efficient", True, 2, 1),
+    ]
+    checkpoint = build_plan(rows, PlanSettings(modes=("checkpoint",)))[0]
+    assert checkpoint.memory_efficient == "checkpoint"
+    assert checkpoint.batch == 64
+
+
+def test_torchvision_rows_follow_densenet121_only() -> None:
+    rows = [Row("densenet121", batch=8, image_size=224), Row("unet", batch=4, image_size=256)]
+    plan = build_plan(rows, PlanSettings(modes=("naive",)), torchvision=True)
+    assert [(c.model, c.mode, c.source) for c in plan] == [
+        ("densenet121", "naive", "concatnets"),
+        ("densenet121", "tv-naive", "torchvision"),
+        ("densenet121", "tv-checkpoint", "torchvision"),
+        ("unet", "naive", "concatnets"),
+    ]
+    assert [c.memory_efficient for c in plan[1:3]] == [False, True]
+
+
+def test_sweep_rejects_depths_that_are_not_6n_plus_4() -> None:
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        sweep_rows([41])
+    assert [r.model_kwargs["depth"] for r in sweep_rows([10, 1000])] == [10, 1000]
+
+
+def test_config_round_trips_through_json_and_checks_its_mode() -> None:
+    (config,) = build_plan([Row("unet", batch=4, image_size=256)], PlanSettings(modes=("naive",)))
+    assert type(config).from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="mode"):
+        type(config)(model="unet", mode="fast", batch=1, image_size=8)
+
+
+def test_unet_rows_never_run_a_checkpoint_mode() -> None:
+    rows = [Row("unet", batch=4, image_size=256), Row("densenet_bc_100", batch=2, image_size=8)]
+    limited, notes = family_modes(rows, ("naive", "checkpoint"))
+    plan = build_plan(limited, PlanSettings(modes=("naive", "checkpoint")))
+    assert [(c.model, c.mode) for c in plan] == [
+        ("unet", "naive"),
+        ("densenet_bc_100", "naive"),
+        ("densenet_bc_100", "checkpoint"),
+    ]
+    assert notes == ["unet: the unet family has no 'checkpoint' mode; skipped"]
+    assert family_modes(rows, ("naive",))[1] == []

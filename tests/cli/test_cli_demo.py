@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import json
+
+from concatnets.cli.demo_command import compare_memory
+from concatnets.cli.main import main
+
+
+def test_demo_trains_and_reports_dice_and_overlay(tmp_path, capsys):
+    output = tmp_path / "demo"
+    args = ["demo", "--output", str(output), "--epochs", "1", "--num-images", "8"]
+    args += ["--image-size", "32", "--model-arg", "features=4", "--model-arg", "depth=2"]
+    args += ["--no-memory", "--no-progress", "--device", "cpu"]
+    code = main(args)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "validation Dice" in out and "overlay PNG:" in out
+    summary = json.loads((output / "demo.json").read_text())
+    assert summary["overlays"] and 0.0 <= summary["best_val_dice"] <= 1.0
+    assert (output / "config.json").exists()
+
+
+def test_memory_comparison_measures_both_modes():
+    rows = compare_memory("unet_small", {"in_channels": 1, "features": 4, "depth": 2}, 2, 32, "cpu")
+    assert [r["mode"] for r in rows] == ["naive", "efficient"]
+    for row in rows:
+        assert row["status"] == "ok", row.get("error")
+        assert row["peak_mib"] >= 0 and row["step_s"] > 0

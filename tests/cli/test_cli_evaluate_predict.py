@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from concatnets.cli.main import main
+from concatnets.data.io import read_mask
+from concatnets.data.synthetic import make_cells, make_shapes
+
+FAST = ["--epochs", "1", "--batch-size", "4", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("seg") / "run"
+    args = ["train", "--model", "unet_small", "--model-arg", "features=4", "--model-arg", "depth=2"]
+    args += ["--data", "builtin:cells", "--num-images", "8", "--image-size", "32", *FAST]
+    assert main([*args, "--output", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cls") / "run"
+    args = ["train", "--model", "densenet_bc", "--model-arg", "depth=10"]
+    args += ["--model-arg", "growth_rate=4", "--data", "builtin:shapes", "--num-images", "9"]
+    assert main([*args, "--image-size", "16", *FAST, "--output", str(run)]) == 0
+    return run
+
+
+def test_evaluate_run_on_its_validation_split(segmentation_run, capsys):
+    assert main(["evaluate", str(segmentation_run), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "val split, 2 image(s)" in out and "dice" in out
+    result = json.loads((segmentation_run / "evaluation" / "metrics.json").read_text())
+    assert result["num_samples"] == 2
+    assert set(result["metrics"]) >= {"dice", "iou", "pixel_accuracy", "dice_cell"}
+    assert (segmentation_run / "evaluation" / "confusion_matrix.png").stat().st_size > 0
+    # The reported Dice equals the training run's validation Dice of the same checkpoint.
+    history = json.loads((segmentation_run / "metrics.json").read_text())
+    assert result["metrics"]["dice"] == pytest.approx(history[-1]["val_dice"])
+
+
+def test_evaluate_checkpoint_on_a_labelled_folder(segmentation_run, tmp_path):
+    images, masks = make_cells(3, 40, seed=9)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"{index}.tif")
+        np.save(tmp_path / "data" / "masks" / f"{index}.npy", mask)
+    output = tmp_path / "eval"
+    args = ["evaluate", str(segmentation_run / "last.json"), "--data", str(tmp_path / "data")]
+    args += ["--output", str(output), "--no-progress", "--device", "cpu"]
+    code = main(args)
+    assert code == 0
+    assert json.loads((output / "metrics.json").read_text())["num_samples"] == 3
+    assert len(list((output / "overlays").glob("*.png"))) == 3
+
+
+def test_predict_folder_with_a_large_image_goes_through_tiling(segmentation_run, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    small, _ = make_cells(1, 32, seed=3)
+    large, _ = make_cells(1, 150, seed=4)
+    Image.fromarray(small[0]).save(inputs / "small.png")
+    np.save(inputs / "large.npy", large[0])
+    output = tmp_path / "out"
+    args = ["predict", str(segmentation_run), str(inputs), "--output", str(output)]
+    args += ["--tile-size", "64", "--format", "png,npy", "--device", "cpu", "--no-progress"]
+    code = main(args)
+    assert code == 0
+    assert "1 large image(s) tiled at 64 px" in capsys.readouterr().out
+    large_mask = read_mask(output / "masks" / "large.png")
+    assert large_mask.shape == (150, 150)
+    assert set(np.unique(large_mask)) <= {0, 1}
+    assert np.array_equal(np.load(output / "masks" / "large.npy"), large_mask)
+    assert read_mask(output / "masks" / "small.png").shape == (32, 32)
+    assert sorted(p.name for p in (output / "overlays").iterdir()) == ["large.png", "small.png"]
+
+
+def test_tiled_prediction_matches_whole_image_prediction_in_the_interior(segmentation_run):
+    import torch
+
+    from concatnets.cli.predict_command import predict_logits
+    from concatnets.training.loading import load_trained_model
+
+    trained = load_trained_model(segmentation_run)
+    image, _ = make_cells(1, 96, seed=5)
+    whole = predict_logits(trained, image[0], tile_size=512)
+    tiled = predict_logits(trained, image[0], tile_size=64)
+    assert whole.shape == tiled.shape == (2, 96, 96)
+    agreement = (whole.argmax(0) == tiled.argmax(0)).float().mean()
+    assert agreement > 0.97
+    assert not torch.equal(whole, tiled) or agreement == 1.0
+
+
+def test_predict_single_file_classification_writes_csv(classification_run, tmp_path):
+    images, _ = make_shapes(2, 16, seed=11)
+    Image.fromarray(images[0]).save(tmp_path / "shape.png")
+    output = tmp_path / "out"
+    args = ["predict", str(classification_run), str(tmp_path / "shape.png")]
+    args += ["--output", str(output), "--device", "cpu"]
+    code = main(args)
+    assert code == 0
+    rows = list(csv.DictReader((output / "predictions.csv").open()))
+    assert len(rows) == 1 and rows[0]["class"] in {"circle", "square", "triangle"}
+    assert 0.0 <= float(rows[0]["probability"]) <= 1.0
+
+
+def test_evaluate_classification_on_fresh_builtin_images(classification_run, tmp_path, capsys):
+    output = tmp_path / "eval"
+    args = ["evaluate", str(classification_run), "--data", "builtin:shapes"]
+    args += ["--num-images", "6", "--image-size", "16", "--output", str(output)]
+    args += ["--device", "cpu", "--no-progress"]
+    code = main(args)
+    assert code == 0
+    assert "all split, 6 image(s)" in capsys.readouterr().out
+    metrics = json.loads((output / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["top1"] <= 1.0
+
+
+def test_predict_missing_input_is_a_clear_error(segmentation_run, tmp_path, capsys):
+    code = main(["predict", str(segmentation_run), str(tmp_path / "nope.png")])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
