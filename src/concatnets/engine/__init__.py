@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from concatnets.engine.dense_block import BottleneckPolicy, DenseLayerLike, dense_block
 from concatnets.engine.norm_act_conv import NormActPart, norm_act_conv
+from concatnets.engine.norm_act_pool import norm_act_pool
 from concatnets.engine.stats import NormStats, norm_stats
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "NormStats",
     "dense_block",
     "norm_act_conv",
+    "norm_act_pool",
     "norm_stats",
 ]

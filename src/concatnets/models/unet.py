@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from concatnets.models._registry import register_model
+from concatnets.models._unet_efficient import EFFICIENT_NORMALIZATIONS, forward_memory_efficient
 from concatnets.models._unet_sizes import (
     check_valid_input_size,
     nearest_valid_input_sizes,
@@ -246,6 +247,16 @@ class UNet(nn.Module):
         _check_choice("upsampling", upsampling, _UPSAMPLINGS)
         _check_choice("padding", padding, _PADDINGS)
         groups = _resolve_groups(normalization, features, num_groups)
+        if memory_efficient not in (False, True) or not isinstance(memory_efficient, bool):
+            raise ValueError(
+                f"UNet memory_efficient must be True or False, got {memory_efficient!r} "
+                "(U-Net has no 'checkpoint' mode)"
+            )
+        if memory_efficient and normalization not in EFFICIENT_NORMALIZATIONS:
+            raise ValueError(
+                f"memory_efficient=True supports normalization 'batch' or 'none', got "
+                f"{normalization!r}; use memory_efficient=False with {normalization!r} norm"
+            )
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -305,9 +316,8 @@ class UNet(nn.Module):
         spatial = tuple(x.shape[2:])
         if self.padding == "same":
             x = self._pad_to_multiple(x)  # (N, C, *padded)
-        if self.memory_efficient:  # noqa: SIM108 (both branches differ once the engine lands)
-            # memory-efficient path: see engine
-            logits = self._forward_naive(x)
+        if self.memory_efficient:
+            logits = forward_memory_efficient(self, x)
         else:
             logits = self._forward_naive(x)
         if self.padding == "same":

@@ -1,0 +1,68 @@
+"""U-Net's memory-efficient forward on the shared engine (one mechanism with DenseNet).
+
+Every convolution reads ``relu(bn(z))`` of the previous convolution's output ``z``
+through :func:`concatnets.engine.norm_act_conv`, so only the convolution outputs (before
+normalisation) and per-channel statistics are kept for backward; normalisation and ReLU
+are recomputed from the saved statistics, and running statistics are updated once. The
+decoder's first convolution reads the concatenation ``[skip, up]`` as two parts written
+straight into one transient buffer: the encoder's normalised skip map (centre-cropped
+for valid padding) and the upsampled map; no ``torch.cat`` copy is made or stored. The
+pooling to the next level recomputes its input too (:func:`concatnets.engine.norm_act_pool`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from concatnets.engine import NormActPart, norm_act_conv, norm_act_pool, norm_stats
+from concatnets.ops import crop_slices
+
+if TYPE_CHECKING:
+    from concatnets.models.unet import ConvBlock, UNet
+
+__all__ = ["EFFICIENT_NORMALIZATIONS", "forward_memory_efficient"]
+
+# Normalisations the engine recomputes from saved statistics.
+EFFICIENT_NORMALIZATIONS = ("batch", "none")
+
+
+def _activated(norm: nn.Module, z: Tensor) -> NormActPart:
+    """``relu(norm(z))`` as a part, computing batch statistics (and running stats) once."""
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return NormActPart(z, norm, norm_stats(norm, z))
+    return NormActPart(z)  # nn.Identity: ReLU only
+
+
+def _conv_block(block: ConvBlock, inputs: Tensor | Sequence[NormActPart]) -> NormActPart:
+    z1 = block.conv1(inputs) if isinstance(inputs, Tensor) else norm_act_conv(inputs, block.conv1)
+    z2 = norm_act_conv([_activated(block.norm1, z1)], block.conv2)
+    return _activated(block.norm2, z2)
+
+
+def _upsample(up: nn.Module, below: NormActPart) -> Tensor:
+    if isinstance(up, nn.modules.conv._ConvTransposeNd):
+        return norm_act_conv([below], up)
+    # UpsampleConv: linear interpolation and a 1x1 convolution commute (both are linear,
+    # the interpolation weights sum to one), so convolve first at the coarse size.
+    return up.upsample(norm_act_conv([below], up.conv))
+
+
+def forward_memory_efficient(model: UNet, x: Tensor) -> Tensor:
+    """Logits of ``model`` for ``x`` (already padded for same padding)."""
+    skips: list[NormActPart] = []
+    for block in model.encoder:
+        level = _conv_block(block, x)  # relu(bn(z)) of (N, features * 2**l, *spatial_l)
+        skips.append(level)
+        x = norm_act_pool(level, 2)  # (N, features * 2**l, *spatial_l / 2)
+    below = _conv_block(model.bottleneck, x)
+    for up_block, skip in zip(model.decoder, reversed(skips), strict=True):
+        up = _upsample(up_block.up, below)  # (N, C, *2 * spatial)
+        have, want = tuple(skip.tensor.shape[2:]), tuple(up.shape[2:])
+        if have != want:  # valid padding: the paper's centre crop of the skip map
+            skip = replace(skip, crop=crop_slices(have, want))
+        below = _conv_block(up_block.block, [skip, NormActPart(up, activation=False)])
+    return norm_act_conv([below], model.head)  # (N, num_classes, *spatial_out)

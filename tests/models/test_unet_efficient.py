@@ -1,0 +1,101 @@
+"""U-Net's memory-efficient path equals the naive one (outputs, gradients, statistics)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from concatnets.models.unet import UNet
+
+CASES = [
+    pytest.param(2, "batch", "transpose", "same", (29, 30), id="2d-batch-transpose-same-odd"),
+    pytest.param(2, "batch", "interpolate", "same", (17, 23), id="2d-batch-interp-same"),
+    pytest.param(2, "batch", "transpose", "valid", (44, 44), id="2d-batch-valid"),
+    pytest.param(2, "none", "transpose", "valid", (44, 44), id="2d-paper-valid"),
+    pytest.param(2, "none", "interpolate", "same", (16, 16), id="2d-none-interp"),
+    pytest.param(3, "batch", "transpose", "same", (9, 11, 13), id="3d-batch-same"),
+    pytest.param(3, "none", "interpolate", "same", (8, 8, 8), id="3d-none-interp"),
+]
+
+
+def pair(**config: object) -> tuple[UNet, UNet]:
+    torch.manual_seed(0)
+    naive = UNet(in_channels=2, num_classes=3, depth=2, features=4, **config).double()  # type: ignore[arg-type]
+    for module in naive.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.2, 0.2)
+    efficient = copy.deepcopy(naive)
+    efficient.memory_efficient = True
+    return naive, efficient
+
+
+def weighted_loss(out: torch.Tensor) -> torch.Tensor:
+    return (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+
+
+@pytest.mark.parametrize(("dims", "norm", "up", "padding", "size"), CASES)
+def test_efficient_matches_naive(
+    dims: int, norm: str, up: str, padding: str, size: tuple[int, ...]
+) -> None:
+    naive, efficient = pair(spatial_dims=dims, normalization=norm, upsampling=up, padding=padding)
+    x = torch.randn(2, 2, *size, dtype=torch.float64)
+    inputs = [x.clone().requires_grad_() for _ in range(2)]
+    outputs = [model(t) for model, t in zip((naive, efficient), inputs, strict=True)]
+    for out in outputs:
+        weighted_loss(out).backward()
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad)
+    for (name, a), b in zip(naive.named_parameters(), efficient.parameters(), strict=True):
+        assert b.grad is not None, f"{name} got no gradient"
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+    for (name, a), b in zip(naive.named_buffers(), efficient.buffers(), strict=True):
+        torch.testing.assert_close(b, a, msg=name)  # running statistics updated once
+
+
+def test_two_optimizer_steps_give_the_same_weights() -> None:
+    naive, efficient = pair()
+    x = torch.randn(2, 2, 16, 16, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 16, 16))
+    for model in (naive, efficient):
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(2):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), target).backward()
+            optimizer.step()
+    for (name, a), b in zip(naive.named_parameters(), efficient.parameters(), strict=True):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_eval_and_no_grad_match() -> None:
+    naive, efficient = pair()
+    naive.eval()
+    efficient.eval()
+    x = torch.randn(1, 2, 20, 20, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(efficient(x), naive(x))
+    torch.testing.assert_close(efficient(x), naive(x))
+
+
+def test_efficient_path_makes_no_cat_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, efficient = pair()
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.cat called in the memory-efficient U-Net")
+
+    monkeypatch.setattr(torch, "cat", forbidden)
+    weighted_loss(efficient(torch.randn(1, 2, 16, 16, dtype=torch.float64))).backward()
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_efficient_refuses_norms_it_cannot_recompute(norm: str) -> None:
+    with pytest.raises(ValueError, match="memory_efficient=False"):
+        UNet(features=4, depth=2, normalization=norm, memory_efficient=True)
+
+
+def test_checkpoint_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="no 'checkpoint' mode"):
+        UNet(features=4, depth=2, memory_efficient="checkpoint")  # type: ignore[arg-type]
