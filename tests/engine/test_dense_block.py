@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ from torch import nn
 
 from concatnets.engine import dense_block
 from concatnets.models.densenet import _DenseBlock
+
+# The package exports a function of the same name; fetch the module itself.
+dense_block_module = importlib.import_module("concatnets.engine.dense_block")
 
 
 def make_block(
@@ -41,6 +45,14 @@ def assert_same_state(a: nn.Module, b: nn.Module, tol: float) -> None:
         torch.testing.assert_close(ba, bb, atol=tol, rtol=tol, msg=name)
 
 
+@pytest.fixture(params=["one-chunk", "many-chunks"])
+def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run with the whole layer input in one chunk, and split into 8-channel chunks."""
+    if request.param == "many-chunks":
+        monkeypatch.setattr(dense_block_module, "_MIN_CHUNK_CHANNELS", 1)
+
+
+@pytest.mark.usefixtures("chunking")
 @pytest.mark.parametrize("policy", ["keep", "recompute"])
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("drop_rate", [0.0, 0.3])

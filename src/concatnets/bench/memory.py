@@ -254,6 +254,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
     cuda = _CudaTracker(device) if device.type == "cuda" else None
 
     step_times: list[float] = []
+    cpu_times: list[float] = []  # process CPU seconds: robust to other load on a shared host
     cpu_peaks: list[int] = []
     cuda_peaks: list[int] = []
     retained: list[int | None] = []
@@ -264,9 +265,11 @@ def measure(config: BenchConfig) -> dict[str, Any]:
             cuda.start_step()
         _synchronize(device)
         start = time.perf_counter()
+        cpu_start = time.process_time()
         losses.append(_train_step(model, inputs, target, parameters))
         _synchronize(device)
         step_times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         cpu_peaks.append(cpu.step_peak_growth())
         retained.append(cpu.retained())
         if cuda is not None:
@@ -292,6 +295,8 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         "step_times_s": step_times,
         "median_step_s": statistics.median(timed),
         "min_step_s": min(timed),
+        "cpu_step_times_s": cpu_times,
+        "median_cpu_step_s": statistics.median(cpu_times[config.warmup :]),
         "losses": losses,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),

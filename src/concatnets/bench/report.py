@@ -47,13 +47,22 @@ def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for result in results:
         reference = naive.get(comparison_key(_config(result)))
-        memory_ratio = time_ratio = None
+        memory_ratio = time_ratio = cpu_time_ratio = None
         if _ok(result) and reference is not None:
+            if reference.get("median_cpu_step_s") and "median_cpu_step_s" in result:
+                cpu_time_ratio = result["median_cpu_step_s"] / reference["median_cpu_step_s"]
             if reference["peak_growth_mib"] > 0:
                 memory_ratio = result["peak_growth_mib"] / reference["peak_growth_mib"]
             if reference["median_step_s"] > 0:
                 time_ratio = result["median_step_s"] / reference["median_step_s"]
-        out.append({**result, "memory_ratio": memory_ratio, "time_ratio": time_ratio})
+        out.append(
+            {
+                **result,
+                "memory_ratio": memory_ratio,
+                "time_ratio": time_ratio,
+                "cpu_time_ratio": cpu_time_ratio,
+            }
+        )
     return out
 
 
@@ -92,8 +101,8 @@ def markdown_table(results: Sequence[Mapping[str, Any]]) -> str:
     """One row per configuration: peak MiB, step time, and their ratios to naive."""
     lines = [
         "| group | model | mode | batch | input | peak MiB | mem x naive "
-        "| median step s | time x naive | min step s |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| median step s | time x naive | min step s | cpu time x naive |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         c = r["config"]
@@ -102,10 +111,10 @@ def markdown_table(results: Sequence[Mapping[str, Any]]) -> str:
             lines.append(
                 f"{head}| {r['peak_growth_mib']:.1f} | {_ratio(r.get('memory_ratio'))} "
                 f"| {r['median_step_s']:.3f} | {_ratio(r.get('time_ratio'))} "
-                f"| {r['min_step_s']:.3f} |"
+                f"| {r['min_step_s']:.3f} | {_ratio(r.get('cpu_time_ratio'))} |"
             )
         else:
-            lines.append(f"{head}| {r['status']} | | | | |")
+            lines.append(f"{head}| {r['status']} | | | | | |")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
-from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
+from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
 
 __all__ = ["NormActPart", "norm_act_conv", "normalize_parts"]
 
@@ -99,11 +99,32 @@ def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None
 
 
 def _part_backward(
-    part: NormActPart, x: Tensor, w: Tensor | None, y: Tensor, grad_y: Tensor
+    conv: _ConvNd,
+    part: NormActPart,
+    tensors: Sequence[Tensor | None],
+    grad_out: Tensor,
+    weight: Tensor,
+    channels: slice,
+    grad_weight: Tensor,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Input, weight and bias gradients of one part from its slice of the gradient."""
+    """Input, weight and bias gradients of one part; fills its slice of ``grad_weight``.
+
+    A convolution is a sum over input channels, so each part's input gradient and weight
+    gradient need only that part's recomputed activation: the concatenation is never
+    rebuilt at full width in backward.
+    """
+    x, w, b = tensors
+    assert x is not None
+    y = _recompute(part, x, w, b)
+    in_dim = 0 if conv.transposed else 1  # transposed weights are (in, out, *kernel)
+    part_weight = weight.narrow(in_dim, channels.start, channels.stop - channels.start)
+    grad_y, grad_w, _ = conv_backward(conv, grad_out, y, part_weight, has_bias=False)
+    assert grad_y is not None and grad_w is not None
+    grad_weight.narrow(in_dim, channels.start, channels.stop - channels.start).copy_(grad_w)
+    del grad_w
     if part.activation:
-        grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0)
+        relu_backward_(grad_y, y)
+    del y
     if part.crop is not None:
         # The normalisation saw the whole tensor: its backward runs over the whole tensor
         # with zero gradient outside the crop.
@@ -111,11 +132,17 @@ def _part_backward(
         part.cropped(full).copy_(grad_y)
         grad_y = full
     if part.stats is None:
-        # A fresh tensor, so no narrow view keeps the whole gradient buffer alive.
-        return grad_y.clone() if grad_y._base is not None else grad_y, None, None
-    grad_x, grad_w, grad_b = norm_act_backward(grad_y, x, None, w, part.stats)
+        return grad_y, None, None
+    grad_x, grad_w_norm, grad_b_norm = norm_act_backward(grad_y, x, None, w, part.stats)
     assert grad_x is not None
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w_norm, grad_b_norm
+
+
+def _recompute(part: NormActPart, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+    cropped = part.cropped(x)
+    out = torch.empty(cropped.shape, dtype=x.dtype, device=x.device)
+    _write_part(part, x, w, b, out)
+    return out
 
 
 class _NormActConvFunction(torch.autograd.Function):
@@ -139,26 +166,27 @@ class _NormActConvFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         tensors = ctx.saved_tensors
         parts: Sequence[NormActPart] = ctx.parts
-        part_params, weight, bias = tensors[:-2], tensors[-2], tensors[-1]
-        y = normalize_parts(parts, part_params)
-        grad_y, grad_w, grad_b = conv_backward(
-            ctx.conv, grad_out, y, weight, has_bias=bias is not None
-        )
-        assert grad_y is not None
+        weight, bias = tensors[-2], tensors[-1]
+        grad_weight = torch.empty_like(weight)
         grads: list[Tensor | None] = []
         start = 0
         for index, part in enumerate(parts):
             grads.extend(
                 _part_backward(
+                    ctx.conv,
                     part,
-                    part_params[3 * index],
-                    part_params[3 * index + 1],
-                    y.narrow(1, start, part.channels),
-                    grad_y.narrow(1, start, part.channels),
+                    tensors[3 * index : 3 * index + 3],
+                    grad_out,
+                    weight,
+                    slice(start, start + part.channels),
+                    grad_weight,
                 )
             )
             start += part.channels
-        return (None, None, *grads, grad_w, grad_b)
+        grad_bias = None
+        if bias is not None:
+            grad_bias = grad_out.sum(dim=[0, *range(2, grad_out.dim())])
+        return (None, None, *grads, grad_weight, grad_bias)
 
 
 def norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
