@@ -73,6 +73,7 @@ def compare_memory(
                 "status": result.get("status"),
                 "peak_mib": result.get("peak_growth_mib"),
                 "step_s": result.get("median_step_s"),
+                "cpu_s": result.get("median_cpu_step_s"),
                 "memory_metric": result.get("memory_metric"),
                 "error": result.get("error"),
             }
@@ -95,7 +96,8 @@ def _print_memory(rows: list[dict[str, Any]], batch: int, image_size: int) -> No
         if naive is not None and naive["peak_mib"]:
             ratio = (
                 f"  ({row['peak_mib'] / naive['peak_mib']:.2f}x memory, "
-                f"{row['step_s'] / naive['step_s']:.2f}x time vs naive)"
+                f"{row['step_s'] / naive['step_s']:.2f}x wall time, "
+                f"{row['cpu_s'] / naive['cpu_s']:.2f}x CPU time vs naive)"
             )
         print(
             f"  {row['mode']:<10} {row['peak_mib']:8.1f} MiB  {row['step_s'] * 1000:7.1f} ms{ratio}"

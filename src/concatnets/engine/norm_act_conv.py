@@ -32,13 +32,18 @@ __all__ = ["NormActPart", "norm_act_conv", "normalize_parts"]
 class NormActPart:
     """One part of the concatenation a convolution reads.
 
+    The part's value is ``relu(bn(x))`` (cropped when ``crop`` is set), or, with
+    ``then_conv``, ``then_conv(relu(bn(x)))``: a U-Net decoder's up-convolution, whose
+    output is then recomputed in backward instead of stored.
+
     Attributes:
         tensor: The part before normalisation ``(N, C_i, *spatial_i)``.
         norm: Its batch norm, or None for no normalisation.
         stats: Statistics from ``norm_stats(norm, tensor)`` (None when ``norm`` is None).
-        activation: Whether ReLU follows.
+        activation: Whether ReLU follows the normalisation.
         crop: Spatial slices applied after normalisation (the valid U-Net's skip crop);
             statistics stay those of the whole tensor.
+        then_conv: A (transposed) convolution applied after the activation.
     """
 
     tensor: Tensor
@@ -46,54 +51,87 @@ class NormActPart:
     stats: NormStats | None = None
     activation: bool = True
     crop: tuple[slice, ...] | None = None
+    then_conv: _ConvNd | None = None
 
     def __post_init__(self) -> None:
         if (self.norm is None) != (self.stats is None):
             raise ValueError("NormActPart needs stats exactly when it has a norm")
+        if self.crop is not None and self.then_conv is not None:
+            raise ValueError("NormActPart takes crop or then_conv, not both")
 
     @property
     def channels(self) -> int:
+        if self.then_conv is not None:
+            return int(self.then_conv.out_channels)
         return int(self.tensor.shape[1])
 
     def cropped(self, x: Tensor) -> Tensor:
         return x if self.crop is None else x[(slice(None), slice(None), *self.crop)]
 
+    def tensors(self) -> tuple[Tensor | None, ...]:
+        """The part's autograd inputs: x, norm weight and bias, then_conv weight and bias."""
+        w, b = (None, None) if self.norm is None else (self.norm.weight, self.norm.bias)
+        conv = self.then_conv
+        cw, cb = (None, None) if conv is None else (conv.weight, conv.bias)
+        return (self.tensor, w, b, cw, cb)
 
-def _affine(part: NormActPart) -> tuple[Tensor | None, Tensor | None]:
-    if part.norm is None:
-        return None, None
-    return part.norm.weight, part.norm.bias
+
+_TENSORS_PER_PART = 5
 
 
-def _write_part(
-    part: NormActPart, x: Tensor, w: Tensor | None, b: Tensor | None, out: Tensor
-) -> None:
-    """Write ``relu(bn(crop(x)))`` into ``out`` (a channel slice of the buffer)."""
+def _activation(part: NormActPart, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+    """``relu(bn(crop(x)))`` as a new contiguous tensor."""
     x = part.cropped(x)
     if part.stats is not None:
-        norm_act(x, w, b, part.stats, activation=part.activation, out=out)
+        return norm_act(x, w, b, part.stats, activation=part.activation)
+    y = x.clone(memory_format=torch.contiguous_format)
+    return y.relu_() if part.activation else y
+
+
+def _value(part: NormActPart, tensors: Sequence[Tensor | None]) -> Tensor:
+    """The part's value as a new tensor (its activation, or then_conv of it)."""
+    x, w, b, cw, cb = tensors
+    assert x is not None
+    y = _activation(part, x, w, b)
+    if part.then_conv is None:
+        return y
+    assert cw is not None
+    return conv_forward(part.then_conv, y, cw, cb)
+
+
+def _write_part(part: NormActPart, tensors: Sequence[Tensor | None], out: Tensor) -> None:
+    """Write the part's value into ``out`` (a channel slice of the buffer)."""
+    x, w, b = tensors[0], tensors[1], tensors[2]
+    assert x is not None
+    if part.then_conv is not None:
+        out.copy_(_value(part, tensors))
         return
-    out.copy_(x)
+    cropped = part.cropped(x)
+    if part.stats is not None:
+        norm_act(cropped, w, b, part.stats, activation=part.activation, out=out)
+        return
+    out.copy_(cropped)
     if part.activation:
         out.relu_()
 
 
+def _part_tensors(params: Sequence[Tensor | None], index: int) -> Sequence[Tensor | None]:
+    return params[_TENSORS_PER_PART * index : _TENSORS_PER_PART * (index + 1)]
+
+
 def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None]) -> Tensor:
-    """The concatenation ``cat([relu(bn_i(x_i))])`` in one new buffer."""
-    first = parts[0].cropped(parts[0].tensor)
+    """The concatenation of the parts' values in one new buffer ``(N, sum C_i, *spatial)``."""
+    first = _part_tensors(params, 0)
+    if parts[0].then_conv is not None:
+        sample = _value(parts[0], first)
+    else:
+        assert first[0] is not None
+        sample = parts[0].cropped(first[0])
     total = sum(part.channels for part in parts)
-    out = first.new_empty((first.shape[0], total, *first.shape[2:]))  # (N, sum C_i, *spatial)
+    out = sample.new_empty((sample.shape[0], total, *sample.shape[2:]))
     start = 0
     for index, part in enumerate(parts):
-        x = params[3 * index]
-        assert x is not None
-        _write_part(
-            part,
-            x,
-            params[3 * index + 1],
-            params[3 * index + 2],
-            out.narrow(1, start, part.channels),
-        )
+        _write_part(part, _part_tensors(params, index), out.narrow(1, start, part.channels))
         start += part.channels
     return out
 
@@ -106,22 +144,36 @@ def _part_backward(
     weight: Tensor,
     channels: slice,
     grad_weight: Tensor,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Input, weight and bias gradients of one part; fills its slice of ``grad_weight``.
+) -> tuple[Tensor | None, ...]:
+    """Gradients of one part's five tensors; fills its slice of ``grad_weight``.
 
     A convolution is a sum over input channels, so each part's input gradient and weight
-    gradient need only that part's recomputed activation: the concatenation is never
-    rebuilt at full width in backward.
+    gradient need only that part's recomputed value: the concatenation is never rebuilt
+    at full width in backward.
     """
-    x, w, b = tensors
+    x, w, b, cw, cb = tensors
     assert x is not None
-    y = _recompute(part, x, w, b)
+    y = _activation(part, x, w, b)
+    value = y if part.then_conv is None else conv_forward(part.then_conv, y, cw, cb)  # type: ignore[arg-type]
     in_dim = 0 if conv.transposed else 1  # transposed weights are (in, out, *kernel)
     part_weight = weight.narrow(in_dim, channels.start, channels.stop - channels.start)
-    grad_y, grad_w, _ = conv_backward(conv, grad_out, y, part_weight, has_bias=False)
-    assert grad_y is not None and grad_w is not None
+    grad_value, grad_w, _ = conv_backward(conv, grad_out, value, part_weight, has_bias=False)
+    assert grad_value is not None and grad_w is not None
     grad_weight.narrow(in_dim, channels.start, channels.stop - channels.start).copy_(grad_w)
-    del grad_w
+    del grad_w, value
+    grad_cw = grad_cb = None
+    if part.then_conv is None:
+        grad_y = grad_value
+    else:
+        grad_y, grad_cw, grad_cb = conv_backward(
+            part.then_conv,
+            grad_value,
+            y,
+            cw,  # type: ignore[arg-type]
+            has_bias=cb is not None,
+        )
+        assert grad_y is not None
+    del grad_value
     if part.activation:
         relu_backward_(grad_y, y)
     del y
@@ -132,17 +184,9 @@ def _part_backward(
         part.cropped(full).copy_(grad_y)
         grad_y = full
     if part.stats is None:
-        return grad_y, None, None
+        return grad_y, None, None, grad_cw, grad_cb
     grad_x, grad_w_norm, grad_b_norm = norm_act_backward(grad_y, x, None, w, part.stats)
-    assert grad_x is not None
-    return grad_x, grad_w_norm, grad_b_norm
-
-
-def _recompute(part: NormActPart, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
-    cropped = part.cropped(x)
-    out = torch.empty(cropped.shape, dtype=x.dtype, device=x.device)
-    _write_part(part, x, w, b, out)
-    return out
+    return grad_x, grad_w_norm, grad_b_norm, grad_cw, grad_cb
 
 
 class _NormActConvFunction(torch.autograd.Function):
@@ -158,6 +202,7 @@ class _NormActConvFunction(torch.autograd.Function):
         y = normalize_parts(parts, part_params)
         out = conv_forward(conv, y, weight, bias)
         ctx.conv = conv
+        # The parts' tensors are saved below; ctx keeps only their descriptions.
         ctx.parts = parts
         ctx.save_for_backward(*tensors)
         return out
@@ -175,7 +220,7 @@ class _NormActConvFunction(torch.autograd.Function):
                 _part_backward(
                     ctx.conv,
                     part,
-                    tensors[3 * index : 3 * index + 3],
+                    _part_tensors(tensors, index),
                     grad_out,
                     weight,
                     slice(start, start + part.channels),
@@ -190,7 +235,7 @@ class _NormActConvFunction(torch.autograd.Function):
 
 
 def norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
-    """``conv(cat([relu(bn_i(x_i)) for each part]))`` storing no activation.
+    """``conv(cat([value of each part]))`` storing no activation (see :class:`NormActPart`).
 
     Args:
         parts: The concatenated inputs, in channel order.
@@ -206,7 +251,7 @@ def norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
         )
     tensors: list[Tensor | None] = []
     for part in parts:
-        tensors.extend((part.tensor, *_affine(part)))
+        tensors.extend(part.tensors())
     tensors.extend((conv.weight, conv.bias))
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not needs_grad:

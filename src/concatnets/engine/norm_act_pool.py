@@ -48,17 +48,18 @@ class _NormActPoolFunction(torch.autograd.Function):
             relu_backward_(grad_y, y)
         del y
         if part.stats is None:
-            return (None, None, grad_y, None, None)
+            return (None, None, grad_y, None, None, None, None)
         grad_x, grad_w, grad_b = norm_act_backward(grad_y, tensors[0], None, tensors[1], part.stats)
-        return (None, None, grad_x, grad_w, grad_b)
+        return (None, None, grad_x, grad_w, grad_b, None, None)
 
 
 def norm_act_pool(part: NormActPart, kernel: int = 2) -> Tensor:
     """``max_pool(relu(bn(x)), kernel)`` for the single ``part``, storing no activation."""
     if part.crop is not None:
         raise ValueError("norm_act_pool takes an uncropped part")
-    weight, bias = (None, None) if part.norm is None else (part.norm.weight, part.norm.bias)
-    tensors = (part.tensor, weight, bias)
+    if part.then_conv is not None:
+        raise ValueError("norm_act_pool takes a part without then_conv")
+    tensors = part.tensors()
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not needs_grad:
         with torch.no_grad():

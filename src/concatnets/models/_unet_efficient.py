@@ -43,12 +43,14 @@ def _conv_block(block: ConvBlock, inputs: Tensor | Sequence[NormActPart]) -> Nor
     return _activated(block.norm2, z2)
 
 
-def _upsample(up: nn.Module, below: NormActPart) -> Tensor:
+def _upsampled(up: nn.Module, below: NormActPart) -> NormActPart:
+    """The decoder's upsampled part of the concatenation ``[skip, up]``."""
     if isinstance(up, nn.modules.conv._ConvTransposeNd):
-        return norm_act_conv([below], up)
+        # The up-convolution's output is recomputed in backward rather than stored.
+        return replace(below, then_conv=up)
     # UpsampleConv: linear interpolation and a 1x1 convolution commute (both are linear,
     # the interpolation weights sum to one), so convolve first at the coarse size.
-    return up.upsample(norm_act_conv([below], up.conv))
+    return NormActPart(up.upsample(norm_act_conv([below], up.conv)), activation=False)
 
 
 def forward_memory_efficient(model: UNet, x: Tensor) -> Tensor:
@@ -60,9 +62,10 @@ def forward_memory_efficient(model: UNet, x: Tensor) -> Tensor:
         x = norm_act_pool(level, 2)  # (N, features * 2**l, *spatial_l / 2)
     below = _conv_block(model.bottleneck, x)
     for up_block, skip in zip(model.decoder, reversed(skips), strict=True):
-        up = _upsample(up_block.up, below)  # (N, C, *2 * spatial)
-        have, want = tuple(skip.tensor.shape[2:]), tuple(up.shape[2:])
+        up = _upsampled(up_block.up, below)  # (N, C, *2 * spatial)
+        have = tuple(skip.tensor.shape[2:])
+        want = tuple(2 * s for s in below.tensor.shape[2:])  # both upsamplings double
         if have != want:  # valid padding: the paper's centre crop of the skip map
             skip = replace(skip, crop=crop_slices(have, want))
-        below = _conv_block(up_block.block, [skip, NormActPart(up, activation=False)])
+        below = _conv_block(up_block.block, [skip, up])
     return norm_act_conv([below], model.head)  # (N, num_classes, *spatial_out)
