@@ -14,7 +14,7 @@ gradient.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -67,6 +67,15 @@ class NormActPart:
 
     def cropped(self, x: Tensor) -> Tensor:
         return x if self.crop is None else x[(slice(None), slice(None), *self.crop)]
+
+    def shape_only(self) -> NormActPart:
+        """This part with its tensor replaced by a storage-less meta tensor of its shape.
+
+        Autograd functions keep this on ``ctx``: the real tensor goes through
+        ``save_for_backward``, which frees it as soon as its backward has run, whereas a
+        reference on ``ctx`` would keep it alive until the whole graph is released.
+        """
+        return replace(self, tensor=torch.empty_like(self.tensor, device="meta"))
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         """The part's autograd inputs: x, norm weight and bias, then_conv weight and bias."""
@@ -203,7 +212,7 @@ class _NormActConvFunction(torch.autograd.Function):
         out = conv_forward(conv, y, weight, bias)
         ctx.conv = conv
         # The parts' tensors are saved below; ctx keeps only their descriptions.
-        ctx.parts = parts
+        ctx.parts = [part.shape_only() for part in parts]
         ctx.save_for_backward(*tensors)
         return out
 

@@ -32,7 +32,7 @@ class _NormActPoolFunction(torch.autograd.Function):
         ctx: Any, part: NormActPart, kernel: int, *tensors: Tensor | None
     ) -> Tensor:
         y = normalize_parts([part], tensors)
-        ctx.part, ctx.kernel = part, kernel
+        ctx.part, ctx.kernel = part.shape_only(), kernel
         ctx.save_for_backward(*tensors)
         return _pool(y, kernel)
 
