@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
+from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import (
     NormStats,
     batch_moments,
@@ -370,6 +371,10 @@ def dense_block(
     if policy not in ("keep", "recompute"):
         raise ValueError(f"policy must be 'keep' or 'recompute', got {policy!r}")
     _check_layers(layers, x.shape[1])
+    return in_full_precision(x.device, lambda cast: _dense_block(cast(x), layers, policy))
+
+
+def _dense_block(x: Tensor, layers: Sequence[DenseLayerLike], policy: BottleneckPolicy) -> Tensor:
     params = [p for layer in layers for p in _layer_params(layer)]
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p is not None and p.requires_grad for p in params)

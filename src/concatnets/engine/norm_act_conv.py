@@ -23,6 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
+from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
 
 __all__ = ["NormActPart", "norm_act_conv", "normalize_parts"]
@@ -258,6 +259,13 @@ def norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
             f"{type(conv).__name__} expects {conv.in_channels} input channels but the parts "
             f"give {total}; build it with in_channels={total}"
         )
+    return in_full_precision(
+        parts[0].tensor.device,
+        lambda cast: _norm_act_conv([replace(p, tensor=cast(p.tensor)) for p in parts], conv),
+    )
+
+
+def _norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
     tensors: list[Tensor | None] = []
     for part in parts:
         tensors.extend(part.tensors())

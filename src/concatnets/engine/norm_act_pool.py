@@ -8,6 +8,7 @@ backward (Pleiss et al. 2017, arXiv 1707.06990, applied to U-Net).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from concatnets.engine.norm_act_conv import NormActPart, normalize_parts
+from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import norm_act_backward, relu_backward_
 
 __all__ = ["norm_act_pool"]
@@ -59,6 +61,13 @@ def norm_act_pool(part: NormActPart, kernel: int = 2) -> Tensor:
         raise ValueError("norm_act_pool takes an uncropped part")
     if part.then_conv is not None:
         raise ValueError("norm_act_pool takes a part without then_conv")
+    return in_full_precision(
+        part.tensor.device,
+        lambda cast: _norm_act_pool(replace(part, tensor=cast(part.tensor)), kernel),
+    )
+
+
+def _norm_act_pool(part: NormActPart, kernel: int) -> Tensor:
     tensors = part.tensors()
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not needs_grad:

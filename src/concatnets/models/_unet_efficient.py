@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from concatnets.engine import NormActPart, norm_act_conv, norm_act_pool, norm_stats
+from concatnets.engine.precision import in_full_precision
 from concatnets.ops import crop_slices
 
 if TYPE_CHECKING:
@@ -54,7 +55,15 @@ def _upsampled(up: nn.Module, below: NormActPart) -> NormActPart:
 
 
 def forward_memory_efficient(model: UNet, x: Tensor) -> Tensor:
-    """Logits of ``model`` for ``x`` (already padded for same padding)."""
+    """Logits of ``model`` for ``x`` (already padded for same padding).
+
+    Under autocast the whole path runs in float32: its statistics and recomputations must
+    see the same precision in forward and backward.
+    """
+    return in_full_precision(x.device, lambda cast: _forward(model, cast(x)))
+
+
+def _forward(model: UNet, x: Tensor) -> Tensor:
     skips: list[NormActPart] = []
     for block in model.encoder:
         level = _conv_block(block, x)  # relu(bn(z)) of (N, features * 2**l, *spatial_l)
