@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from concatnets.cli.common import HelpFormatter, describe, epilog
 from concatnets.data.transforms import NORMALIZATIONS, SIZE_POLICIES
+from concatnets.training.checkpoint import CheckpointError, read_checkpoint_metadata
 from concatnets.training.config import (
     TrainConfig,
     apply_settings,
@@ -23,7 +26,7 @@ from concatnets.training.runner import TrainResult, run_training
 __all__ = ["add_parser", "add_train_arguments", "config_from_args", "report", "run"]
 
 _DEFAULTS = TrainConfig()
-_NOT_SETTINGS = {"command", "func", "config", "resume", "model_arg"}
+_NOT_SETTINGS = {"command", "func", "config", "resume", "overwrite", "model_arg"}
 
 
 def _default(name: str) -> str:
@@ -44,6 +47,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run in RUN_DIR from its last checkpoint (its config.json "
         "is loaded; flags such as --epochs override it)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output (its checkpoints, metrics and plots are "
+        "deleted once every check has passed); without it such a folder is refused",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model", metavar="NAME", default=s, help="registry name" + _default("model")
@@ -61,6 +70,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="build the model with memory_efficient=True (shared concatenation buffers, "
         "recomputed batch norm); default: the model's own setting",
+    )
+    model.add_argument(
+        "--init-weights",
+        metavar="FILE",
+        default=s,
+        help="start from these weights: a concatnets checkpoint or run folder, a "
+        ".safetensors file, or a PyTorch .pth/.pt state dict (read with "
+        "torch.load(weights_only=True), never running code from the file)",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -198,6 +215,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="bfloat16 autocast (default: off)",
     )
+    optim.add_argument(
+        "--sync-batchnorm",
+        action=argparse.BooleanOptionalAction,
+        default=s,
+        help="under torchrun on GPUs: batch-norm statistics over the global batch "
+        "(SyncBatchNorm; default: off, each process normalizes its own share)",
+    )
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
         "--device", metavar="DEVICE", default=s, help="auto, cpu, cuda, cuda:N (default: auto)"
@@ -211,6 +235,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run_group.add_argument(
         "--seed", metavar="N", type=int, default=s, help="seed" + _default("seed")
+    )
+    run_group.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=s,
+        help="deterministic GPU kernels, slower (CPU runs repeat exactly anyway; "
+        "see docs/training.md)",
     )
     run_group.add_argument(
         "--output",
@@ -240,6 +271,29 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _saved_settings(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """The settings a run folder's last checkpoint was trained with (else its config.json).
+
+    The checkpoint's own copy is authoritative: ``config.json`` records the latest start,
+    which may have failed before saving anything (e.g. a resume that diverged).
+    """
+    last = run_dir / "last.json"
+    if last.exists():
+        try:
+            settings = read_checkpoint_metadata(last).get("config")
+        except CheckpointError:
+            settings = None  # run_training reports the damaged checkpoint
+        if isinstance(settings, dict):
+            return settings, str(last)
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        raise FileNotFoundError(
+            f"--resume {run_dir} holds no config.json; pass a run folder written by "
+            "`concatnets train`"
+        )
+    return load_config_file(saved), str(saved)
+
+
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """Defaults (or ``base``), then ``--resume``'s config, ``--config``, then flags.
 
@@ -250,13 +304,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     config = base or TrainConfig()
     resume = getattr(args, "resume", None)
     if resume:
-        saved = Path(resume) / "config.json"
-        if not saved.exists():
-            raise FileNotFoundError(
-                f"--resume {resume} holds no config.json; pass a run folder written by "
-                "`concatnets train`"
-            )
-        config = apply_settings(config, load_config_file(saved), f"{saved}")
+        settings, source = _saved_settings(Path(resume))
+        config = apply_settings(config, settings, source)
     if getattr(args, "config", None):
         config = apply_settings(config, load_config_file(args.config), f"--config {args.config}")
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
@@ -281,9 +330,24 @@ def report(result: TrainResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train as the flags and config file say."""
+    """Train as the flags and config file say.
+
+    A failed write (a full disk while saving) prints one ``error:`` line and returns 2;
+    the checkpoint protocol has kept the previous checkpoint intact.
+    """
     config = config_from_args(args)
-    result = run_training(config, resume=args.resume)
+    try:
+        result = run_training(config, resume=args.resume, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError):
+        raise  # our own one-line messages; the CLI prints them
+    except OSError as exc:
+        if os.environ.get("CONCATNETS_DEBUG", "") not in ("", "0"):
+            raise
+        message = exc.strerror or str(exc)
+        if exc.filename and exc.filename not in message:
+            message = f"{exc.filename}: {message}"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     if result.is_main:
         report(result)
     return 0
@@ -313,6 +377,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "concatnets train --model densenet_bc --model-arg depth=40 --data builtin:shapes",
             "concatnets train --config examples/cells_unet_small.toml --lr 3e-3",
             "concatnets train --resume runs/unet_small-cells-20250101-120000 --epochs 20",
+            "torchrun --nproc_per_node=2 -m concatnets.cli.main train --data my_data/ --model unet",
         ),
     )
     add_train_arguments(parser)

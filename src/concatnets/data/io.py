@@ -1,7 +1,13 @@
-"""Reading and writing images and masks: PNG, JPEG, TIFF (via Pillow) and NumPy ``.npy``."""
+"""Reading and writing images and masks: PNG, JPEG, TIFF (via Pillow) and NumPy ``.npy``.
+
+A file that cannot be decoded (empty, truncated, not an image, a pickled ``.npy``) raises
+a one-line :class:`ValueError` naming the file and the fix. ``.npy`` files are read with
+``allow_pickle=False``, so reading never runs code from a file.
+"""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +27,21 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+# What Pillow and numpy raise for files they cannot decode.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
+
+
+def _unreadable(path: Path, exc: BaseException) -> ValueError:
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    if "allow_pickle" in text:
+        reason = "it holds pickled Python objects, which are never loaded"
+    if len(reason) > 120:
+        reason = reason[:117] + "..."
+    return ValueError(
+        f"{path}: cannot read this file ({reason}); it is corrupt, truncated or not an "
+        "image: replace it or move it out of the data folder"
+    )
 
 
 @dataclass(frozen=True)
@@ -67,30 +88,42 @@ def _channels_of_array(array: np.ndarray, path: Path) -> int:
 def probe_image(path: Path) -> ImageInfo:
     """Read the size and channel count of ``path`` from its header.
 
+    Pillow formats are also checked with ``Image.verify`` (chunk checksums of PNGs, a
+    truncated file), which reads the file without decoding its pixels.
+
     Args:
         path: A PNG, JPEG, TIFF or ``.npy`` file.
     """
-    if path.suffix.lower() == ".npy":
-        array = np.load(path, mmap_mode="r")
-        channels = _channels_of_array(array, path)
-        return ImageInfo(int(array.shape[0]), int(array.shape[1]), channels)
-    with Image.open(path) as image:
-        width, height = image.size
-        colour = image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
-        return ImageInfo(height, width, 3 if colour else 1)
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            with Image.open(path) as image:
+                width, height = image.size
+                colour = image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+                image.verify()
+            return ImageInfo(height, width, 3 if colour else 1)
+    except _DECODE_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    channels = _channels_of_array(array, path)
+    return ImageInfo(int(array.shape[0]), int(array.shape[1]), channels)
 
 
 def _read_raw(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        return np.asarray(np.load(path))
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(
             f"{path}: unsupported file type {path.suffix!r}; "
             f"use one of {', '.join(IMAGE_EXTENSIONS)}"
         )
-    with Image.open(path) as image:
-        image.load()
-        return _pil_to_array(image)
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.asarray(np.load(path, allow_pickle=False))
+        with Image.open(path) as image:
+            image.load()
+            return _pil_to_array(image)
+    except _DECODE_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
@@ -112,13 +145,16 @@ def read_image(path: Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() != ".npy":
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBA"):
-                image = image.convert("RGB")
-            elif image.mode in ("LA", "PA"):
-                image = image.convert("L")
-            array = _pil_to_array(image)
+        try:
+            with Image.open(path) as image:
+                image.load()
+                if image.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBA"):
+                    image = image.convert("RGB")
+                elif image.mode in ("LA", "PA"):
+                    image = image.convert("L")
+                array = _pil_to_array(image)
+        except _DECODE_ERRORS as exc:
+            raise _unreadable(path, exc) from exc
     else:
         array = _read_raw(path)
     _channels_of_array(array, path)

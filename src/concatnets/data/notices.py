@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["notice"]
 
 
 def notice(message: str) -> None:
-    """Print ``notice: message`` on standard error.
+    """Print ``notice: message`` on standard error (only on rank 0 under ``torchrun``).
 
     Args:
         message: One line saying what was done and how to change it.
     """
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # every process reads the same data; one notice is enough
     print(f"notice: {message}", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ from concatnets.training.checkpoint import (
 )
 from concatnets.training.config import TrainConfig, apply_settings, load_config_file
 from concatnets.training.evaluation import EvaluationResult, evaluate_model
+from concatnets.training.interrupt import TrainingInterrupted
 from concatnets.training.loading import TrainedModel, load_trained_model
 from concatnets.training.losses import build_loss, dice_loss, weighted_cross_entropy
 from concatnets.training.metrics import MetricAccumulator, segmentation_scores, topk_correct
@@ -35,6 +36,7 @@ __all__ = [
     "Trainer",
     "TrainerState",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "apply_settings",
     "build_loss",
     "build_optimizer",

@@ -60,7 +60,9 @@ __all__ = [
     "check_compatible",
     "load_checkpoint",
     "load_model_weights",
+    "read_checkpoint_metadata",
     "save_checkpoint",
+    "write_atomically",
 ]
 
 FORMAT_VERSION = 1
@@ -218,6 +220,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
+def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint, read from its JSON record alone (weights untouched).
+
+    Args:
+        path: As for :func:`load_checkpoint`.
+    """
+    json_path = _resolve_json(Path(path))
+    record = _read_record(json_path)
+    try:
+        metadata = _decode(record["metadata"], {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _corrupt(json_path, f"its metadata is malformed ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise _corrupt(json_path, "its metadata is not a mapping")
+    return metadata
+
+
 def check_compatible(checkpoint: Checkpoint, model: nn.Module, architecture: str) -> None:
     """Raise :class:`CheckpointError` listing every way ``checkpoint`` does not fit ``model``.
 
@@ -274,6 +293,20 @@ def load_model_weights(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         return _load_safetensors_weights(path)
     return _load_torch_weights(path)
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` so that a reader sees the old file or the new, never half.
+
+    The bytes go to a temporary file in the same folder, are ``fsync``-ed and renamed over
+    ``path``; on any error (a full disk) the temporary file is removed and ``path`` is
+    untouched.
+
+    Args:
+        path: Destination file; its folder must exist.
+        data: The new contents.
+    """
+    _write_atomically(Path(path), data)
 
 
 # --- saving -------------------------------------------------------------------------------

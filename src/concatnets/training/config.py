@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from concatnets.training.checkpoint import write_atomically
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -83,10 +85,13 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 8
     bf16: bool = False  # bfloat16 autocast
+    sync_batchnorm: bool = False  # SyncBatchNorm across torchrun processes (GPUs only)
+    init_weights: str | None = None  # start from these weights (checkpoint, .safetensors, .pth)
     # --- run ---
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on GPU
     seed: int = 0  # seeds data generation, split, order, augmentation, init
+    deterministic: bool = False  # deterministic GPU kernels (CPU runs are deterministic anyway)
     output: str | None = None  # run folder; None: runs/<model>-<time>
     keep_epochs: int = 0  # also keep the last N per-epoch checkpoints (epoch-NNNN)
     overlays: int = 4  # validation overlay PNGs written at the end
@@ -232,5 +237,5 @@ def write_config(config: TrainConfig, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(config), indent=2) + "\n", encoding="utf-8")
+    write_atomically(path, (json.dumps(config_to_dict(config), indent=2) + "\n").encode("utf-8"))
     return path

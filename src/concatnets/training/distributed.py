@@ -40,7 +40,10 @@ from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = [
     "DistributedContext",
+    "all_gather_objects",
     "all_reduce_mean",
+    "all_reduce_sum_",
+    "any_process",
     "barrier",
     "cleanup_distributed",
     "init_distributed",
@@ -210,6 +213,51 @@ def all_reduce_mean(value: float | Tensor, ctx: DistributedContext) -> float:
     total = torch.as_tensor(value, dtype=torch.float64).reshape(()).to(ctx.device)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.item() / ctx.world_size
+
+
+def all_reduce_sum_(tensor: Tensor, ctx: DistributedContext) -> Tensor:
+    """Sum ``tensor`` over all processes in place and return it (every process must call it).
+
+    Args:
+        tensor: A tensor on ``ctx.device`` with the same shape and dtype on every process.
+        ctx: From :func:`init_distributed`.
+    """
+    if ctx.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_process(flag: bool, ctx: DistributedContext) -> bool:
+    """Whether ``flag`` is true on at least one process (every process must call it).
+
+    Lets all processes take the same branch, e.g. stop at the same step when only one
+    of them received a signal or saw a non-finite loss.
+
+    Args:
+        flag: This process's value.
+        ctx: From :func:`init_distributed`.
+    """
+    if not ctx.is_distributed:
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_gather_objects(value: object, ctx: DistributedContext) -> list[object]:
+    """``value`` of every process, in rank order (every process must call it).
+
+    The objects travel pickled between the job's own processes, never through files.
+
+    Args:
+        value: A picklable object, e.g. bytes.
+        ctx: From :func:`init_distributed`.
+    """
+    if not ctx.is_distributed:
+        return [value]
+    gathered: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier(ctx: DistributedContext) -> None:

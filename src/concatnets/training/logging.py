@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from concatnets.training.checkpoint import write_atomically
 
 __all__ = ["MetricsLogger"]
 
@@ -21,8 +24,8 @@ def _json_value(value: Any) -> Any:
 class MetricsLogger:
     """Writes ``metrics.csv`` and ``metrics.json`` (one record per epoch) into a run folder.
 
-    Both files are rewritten from the full history at every epoch, so they are always
-    complete and a resumed run continues them. TensorBoard scalars go to
+    Both files are rewritten (atomically) from the full history at every epoch, so they
+    are always complete and a resumed run continues them. TensorBoard scalars go to
     ``run_dir/tensorboard`` when ``torch.utils.tensorboard`` can be imported.
 
     Args:
@@ -62,12 +65,14 @@ class MetricsLogger:
         columns: list[str] = []
         for row in self.history:
             columns.extend(k for k in row if k not in columns)
-        with self.csv_path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.history)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.history)
         rows = [{k: _json_value(v) for k, v in row.items()} for row in self.history]
-        self.json_path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        # Atomic: a full disk leaves the previous complete files, never half of one.
+        write_atomically(self.csv_path, table.getvalue().encode("utf-8"))
+        write_atomically(self.json_path, (json.dumps(rows, indent=2) + "\n").encode("utf-8"))
         if self._writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)):

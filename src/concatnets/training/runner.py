@@ -6,37 +6,78 @@ A run folder holds::
     last.json + .safetensors, best.json + .safetensors   checkpoints
     metrics.csv, metrics.json, learning_curves.png
     overlays/*.png         validation predictions (segmentation)
+
+Nothing in a run folder is written before every check has passed: the data is opened
+and checked, the model built, and a resumed checkpoint loaded and matched against the
+model first. A folder that already holds a run is refused unless the caller resumes it
+or asks to overwrite it.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from concatnets.data.datasets import LabelledDataset, resolve_size_policy
 from concatnets.data.masks import parse_mask_values
+from concatnets.data.notices import notice
 from concatnets.data.sources import LabelledData, open_labelled_data
 from concatnets.data.split import split_indices
 from concatnets.data.transforms import NORMALIZATIONS, Augment, SizePolicy, parse_augmentations
 from concatnets.models import create_model, get_model_spec
 from concatnets.training.border_weights import unet_weight_map
-from concatnets.training.checkpoint import check_compatible, load_checkpoint
+from concatnets.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    load_model_weights,
+)
 from concatnets.training.config import TrainConfig, config_to_dict, write_config
 from concatnets.training.distributed import (
     DistributedContext,
+    barrier,
     cleanup_distributed,
     init_distributed,
+    unwrap_model,
     wrap_model,
 )
 from concatnets.training.losses import build_loss
 from concatnets.training.optim import build_optimizer, build_scheduler
-from concatnets.training.rng import seed_everything
+from concatnets.training.rng import configure_determinism, seed_everything
 from concatnets.training.trainer import Trainer, TrainerState
 
-__all__ = ["PreparedData", "TrainResult", "default_run_dir", "prepare_data", "run_training"]
+__all__ = [
+    "RUN_FILES",
+    "PreparedData",
+    "TrainResult",
+    "default_run_dir",
+    "find_run_files",
+    "prepare_data",
+    "remove_run_files",
+    "run_training",
+]
+
+# Files and folders `concatnets train` writes into a run folder (checkpoints aside).
+RUN_FILES: tuple[str, ...] = (
+    "config.json",
+    "metrics.csv",
+    "metrics.json",
+    "learning_curves.png",
+    "overlays",
+    "tensorboard",
+)
+# Checkpoint pairs (and temporary files of interrupted saves) of last, best, epoch-NNNN.
+_CHECKPOINT_FILE = re.compile(
+    r"\.?(?:last|best|epoch-\d{4})(?:\.json|-[0-9a-f]{16}\.safetensors)(?:\..+\.tmp)?"
+)
 
 
 @dataclass
@@ -193,51 +234,195 @@ def model_kwargs_for(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
         data: The training data.
     """
     kwargs = dict(config.model_args)
-    for key, value in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
-        if key in kwargs and kwargs[key] != value:
-            raise ValueError(
-                f"model_args sets {key}={kwargs[key]} but the data has {value}; "
-                f"remove {key} from model_args (it is taken from the data)"
-            )
-        kwargs[key] = value
+    channels = kwargs.get("in_channels")
+    if channels is not None and channels != data.in_channels:
+        raise ValueError(
+            f"model_args sets in_channels={channels} but the images in {data.address} have "
+            f"{data.in_channels} channel(s); remove in_channels from model_args (it is taken "
+            "from the data) or convert the images"
+        )
+    classes = kwargs.get("num_classes")
+    if classes is not None and classes != data.num_classes:
+        raise ValueError(
+            f"model_args sets num_classes={classes} but the masks or class folders in "
+            f"{data.address} hold {data.num_classes} classes (mask values 0..{data.num_classes - 1}"
+            " after --mask-values); remove num_classes from model_args (it is taken from the "
+            "data) or map the mask values with --mask-values VALUE:CLASS,..."
+        )
+    kwargs["in_channels"] = data.in_channels
+    kwargs["num_classes"] = data.num_classes
     if config.memory_efficient is not None:
         kwargs["memory_efficient"] = config.memory_efficient
     return kwargs
 
 
-def _resolve_run_dir(config: TrainConfig, resume: Path | None) -> Path:
+def find_run_files(run_dir: Path) -> list[str]:
+    """Names of the files in ``run_dir`` that a training run wrote (sorted)."""
+    if not run_dir.is_dir():
+        return []
+    found = {name for name in RUN_FILES if (run_dir / name).exists()}
+    found.update(path.name for path in run_dir.iterdir() if _CHECKPOINT_FILE.fullmatch(path.name))
+    return sorted(found)
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete what a training run wrote into ``run_dir``; other files stay.
+
+    Args:
+        run_dir: A run folder.
+    """
+    for name in find_run_files(run_dir):
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _resolve_run_dir(config: TrainConfig, resume: Path | None, overwrite: bool) -> Path:
     if resume is not None:
-        if not (resume / "last.json").exists():
+        if overwrite:
+            raise ValueError(
+                "--resume and --overwrite contradict each other; drop --overwrite to continue "
+                f"the run in {resume}, or drop --resume to replace it"
+            )
+        if not resume.is_dir():
             raise FileNotFoundError(
-                f"--resume {resume} holds no last.json checkpoint; pass a run folder "
-                "written by `concatnets train`"
+                f"--resume {resume} is not a run folder; pass the folder written by "
+                "`concatnets train` (it holds config.json and last.json)"
+            )
+        if not (resume / "last.json").exists():
+            started = (resume / "config.json").exists()
+            raise FileNotFoundError(
+                f"--resume {resume} holds no last.json checkpoint"
+                + (
+                    " (the run stopped before it saved one); start it again with "
+                    f"--output {resume} --overwrite"
+                    if started
+                    else "; pass a run folder written by `concatnets train`"
+                )
             )
         return resume
     run_dir = Path(config.output) if config.output else default_run_dir(config)
-    if (run_dir / "last.json").exists():
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--output {run_dir} is a file; choose a folder path for the run")
+    existing = find_run_files(run_dir)
+    if existing and not overwrite:
+        shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
         raise FileExistsError(
-            f"run folder {run_dir} already holds a checkpoint; continue it with "
-            f"--resume {run_dir} or choose another --output"
+            f"run folder {run_dir} already holds a run ({shown}); continue it with "
+            f"--resume {run_dir}, replace it with --overwrite, or choose another --output"
         )
     return run_dir
 
 
-def run_training(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResult:
+def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, ctx: DistributedContext) -> None:
+    """Refuse setting changes a resumed run cannot honour, before anything is written."""
+    saved = checkpoint.metadata.get("config", {})
+    name = checkpoint.path
+    if saved.get("optimizer") not in (None, config.optimizer):
+        raise CheckpointError(
+            f"--optimizer {config.optimizer} differs from the optimizer {saved['optimizer']} "
+            f"whose state {name} holds; a resumed run keeps its optimizer: drop --optimizer, "
+            "or start a new run with --init-weights"
+        )
+    trainer_state = checkpoint.metadata.get("trainer", {})
+    steps = int(trainer_state.get("epoch_step", 0))
+    if steps:
+        saved_batch = checkpoint.metadata.get("batch_size", saved.get("batch_size"))
+        saved_world = int(checkpoint.metadata.get("world_size", 1))
+        if saved_batch != config.batch_size or saved_world != ctx.world_size:
+            raise CheckpointError(
+                f"{name} was saved in the middle of epoch {int(trainer_state['epoch']) + 1} "
+                f"(after {steps} steps of --batch-size {saved_batch} on {saved_world} "
+                f"process(es)); resume it with the same --batch-size and number of processes "
+                f"(this run: --batch-size {config.batch_size} on {ctx.world_size})"
+            )
+    saved_world = int(checkpoint.metadata.get("world_size", ctx.world_size))
+    if saved_world != ctx.world_size and ctx.is_main:
+        notice(
+            f"{name} was trained on {saved_world} process(es), this run has {ctx.world_size}: "
+            "the effective batch changes, so the result will differ from an uninterrupted run"
+        )
+
+
+def _apply_changed_hyperparameters(
+    trainer: Trainer, checkpoint: Checkpoint, config: TrainConfig
+) -> bool:
+    """Put a resumed run's new ``--lr`` / ``--weight-decay`` into the restored optimizer.
+
+    Returns:
+        Whether the learning rate changed (the schedule must then be rebuilt).
+    """
+    saved = checkpoint.metadata.get("config", {})
+    lr_changed = saved.get("lr") not in (None, config.lr)
+    decay_changed = saved.get("weight_decay", config.weight_decay) != config.weight_decay
+    decay = None
+    if decay_changed:  # None means the optimizer's own default
+        probe = build_optimizer(
+            config.optimizer,
+            [torch.nn.Parameter(torch.zeros(1))],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
+        decay = probe.param_groups[0]["weight_decay"]
+    for group in trainer.optimizer.param_groups:
+        if lr_changed:
+            group["initial_lr"] = config.lr
+        if decay is not None:
+            group["weight_decay"] = decay
+    return lr_changed
+
+
+def _restore(trainer: Trainer, checkpoint: Checkpoint, config: TrainConfig) -> bool:
+    """Restore ``checkpoint`` into ``trainer`` and apply changed hyperparameters.
+
+    Returns:
+        Whether the schedule must be rebuilt (new length or new learning rate).
+    """
+    same_length = checkpoint.metadata.get("config", {}).get("epochs") == config.epochs
+    trainer.restore(checkpoint, scheduler=same_length)
+    lr_changed = _apply_changed_hyperparameters(trainer, checkpoint, config)
+    return lr_changed or not same_length
+
+
+def _load_initial_weights(model: torch.nn.Module, path: str, architecture: str) -> None:
+    weights = load_model_weights(path)
+    check_compatible(Checkpoint(weights, None, None, {}, {}, Path(path)), model, architecture)
+    unwrap_model(model).load_state_dict(weights)
+
+
+def _check_sync_batchnorm(config: TrainConfig, kwargs: dict[str, Any]) -> None:
+    if config.sync_batchnorm and kwargs.get("memory_efficient") is True:
+        raise ValueError(
+            "--sync-batchnorm does not reach the batch norm of --memory-efficient models (the "
+            "memory engine computes statistics per process); drop one of the two"
+        )
+
+
+def run_training(
+    config: TrainConfig, *, resume: str | Path | None = None, overwrite: bool = False
+) -> TrainResult:
     """Train as ``config`` says; with ``resume`` continue the run in that folder.
 
     Args:
         config: The settings (for a resume: the run's ``config.json`` with any overrides).
         resume: A run folder holding ``last.json``.
+        overwrite: Replace a run already in ``config.output`` (its files are deleted once
+            every check has passed, just before the new run writes its first file).
     """
     resume_dir = Path(resume) if resume is not None else None
     spec = get_model_spec(config.model)
     if spec.task not in ("segmentation", "classification"):
         raise ValueError(f"model {config.model!r} has unsupported task {spec.task!r}")
-    run_dir = _resolve_run_dir(config, resume_dir)
+    run_dir = _resolve_run_dir(config, resume_dir, overwrite)
     if config.epochs < 1:
         raise ValueError(f"--epochs {config.epochs} must be at least 1")
     ctx: DistributedContext = init_distributed(None if config.device == "auto" else config.device)
+    determinism = _determinism_settings()
     try:
+        if config.deterministic:
+            configure_determinism(True)
         seed_everything(config.seed)
         prepared = prepare_data(config, spec.task)
         workers = config.workers
@@ -246,8 +431,11 @@ def run_training(config: TrainConfig, *, resume: str | Path | None = None) -> Tr
         config = replace(config, output=str(run_dir), workers=workers)
         data = prepared.data
         kwargs = model_kwargs_for(config, data)
+        _check_sync_batchnorm(config, kwargs)
         model = create_model(config.model, **kwargs)
-        model = wrap_model(model, ctx)
+        if config.init_weights and resume_dir is None:
+            _load_initial_weights(model, config.init_weights, config.model)
+        model = wrap_model(model, ctx, sync_batchnorm=config.sync_batchnorm)
         optimizer = build_optimizer(
             config.optimizer,
             model.parameters(),
@@ -278,15 +466,6 @@ def run_training(config: TrainConfig, *, resume: str | Path | None = None) -> Tr
             "loss": prepared.loss,
             "config": config_to_dict(config),
         }
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(config, run_dir / "config.json")
-            print(prepared.summary(), flush=True)
-            print(
-                f"model: {config.model} ({sum(p.numel() for p in model.parameters()):,} "
-                f"parameters) on {ctx.device}; loss {prepared.loss}; run folder {run_dir}",
-                flush=True,
-            )
         trainer = Trainer(
             model,
             task=spec.task,
@@ -309,10 +488,8 @@ def run_training(config: TrainConfig, *, resume: str | Path | None = None) -> Tr
         if resume_dir is not None:
             checkpoint = load_checkpoint(resume_dir)
             check_compatible(checkpoint, model, config.model)
-            saved_epochs = checkpoint.metadata.get("config", {}).get("epochs")
-            same_length = saved_epochs == config.epochs
-            trainer.restore(checkpoint, scheduler=same_length)
-            if not same_length:
+            _check_resumable(checkpoint, config, ctx)
+            if _restore(trainer, checkpoint, config):
                 trainer.replay_schedule(
                     functools.partial(
                         build_scheduler,
@@ -322,10 +499,47 @@ def run_training(config: TrainConfig, *, resume: str | Path | None = None) -> Tr
                         gamma=config.gamma,
                     )
                 )
-            if ctx.is_main:
-                print(f"resuming after epoch {trainer.state.epoch} from {checkpoint.path}")
+        # Every check has passed: from here on the run folder is written.
+        if ctx.is_main:
+            if overwrite:
+                remove_run_files(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(config, run_dir / "config.json")
+            print(prepared.summary(), flush=True)
+            print(
+                f"model: {config.model} ({sum(p.numel() for p in model.parameters()):,} "
+                f"parameters) on {ctx.device}"
+                + (f" x {ctx.world_size} processes" if ctx.is_distributed else "")
+                + f"; loss {prepared.loss}; run folder {run_dir}",
+                flush=True,
+            )
+            if resume_dir is not None:
+                position = f"epoch {trainer.state.epoch}"
+                if trainer.state.epoch_step:
+                    position += f" and {trainer.state.epoch_step} steps of epoch "
+                    position += str(trainer.state.epoch + 1)
+                print(f"resuming after {position} from {resume_dir / 'last.json'}", flush=True)
         state = trainer.fit(config.epochs)
         trainer.write_overlays(config.overlays)
+        barrier(ctx)  # leave the process group together (gloo dislikes peers vanishing early)
         return TrainResult(run_dir, state, trainer.monitor, config, ctx.is_main)
     finally:
+        _restore_determinism_settings(determinism)
         cleanup_distributed(ctx)
+
+
+def _determinism_settings() -> tuple[bool, bool, bool, bool]:
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+
+
+def _restore_determinism_settings(settings: tuple[bool, bool, bool, bool]) -> None:
+    """Put back the global switches ``--deterministic`` changed (for library callers)."""
+    enabled, warn_only, cudnn_deterministic, cudnn_benchmark = settings
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.deterministic = cudnn_deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark

@@ -1,14 +1,21 @@
 """The training loop, with every piece of state it needs to resume exactly.
 
-The state a run carries from epoch to epoch is explicit (:class:`TrainerState`: epochs
-done, global step, best metric and its epoch, the metric history), and every random
-choice is either drawn from a stream seeded by ``(seed, epoch, index)`` (data order,
-augmentation) or from the global generators, whose states are saved with each
-checkpoint. Resuming from ``last`` therefore replays the remaining epochs as an
-uninterrupted run would.
+The state a run carries is explicit (:class:`TrainerState`: epochs done, global step,
+position inside an unfinished epoch and its running sums, best metric and its epoch,
+the metric history), and every random choice is either drawn from a stream seeded by
+``(seed, epoch, index)`` (data order, augmentation) or from the global generators, whose
+states (one set per process) are saved with each checkpoint. The data loaders draw their
+worker seeds from private generators, so iterating them leaves the global generators
+alone. Resuming from ``last`` therefore replays the rest of the run as an uninterrupted
+run would, bit for bit on CPU.
 
 Each epoch writes ``last`` (and ``best`` on improvement, and optionally ``epoch-NNNN``)
-through :func:`~concatnets.training.checkpoint.save_checkpoint`.
+through :func:`~concatnets.training.checkpoint.save_checkpoint`. Ctrl-C or SIGTERM stops
+after the current optimizer step and writes ``last`` at that exact position (see
+:mod:`concatnets.training.interrupt`); a ``kill -9`` loses at most the unfinished epoch.
+
+Under ``torchrun`` every process calls :meth:`Trainer.save` (it gathers the processes'
+RNG states); only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Sampler
@@ -34,12 +41,15 @@ from concatnets.data.notices import notice
 from concatnets.training.checkpoint import Checkpoint, save_checkpoint
 from concatnets.training.distributed import (
     DistributedContext,
-    all_reduce_mean,
+    all_gather_objects,
+    all_reduce_sum_,
+    any_process,
     barrier,
     make_sampler,
     unwrap_model,
 )
 from concatnets.training.evaluation import autocast, evaluate_model, to_device
+from concatnets.training.interrupt import StopRequest, TrainingInterrupted
 from concatnets.training.logging import MetricsLogger
 from concatnets.training.losses import LossFn, crop_to_output
 from concatnets.training.memory import format_bytes, peak_memory_bytes, reset_peak_memory
@@ -49,7 +59,17 @@ from concatnets.training.rng import capture_rng_state, restore_rng_state
 
 __all__ = ["EpochSampler", "Trainer", "TrainerState", "TrainingDivergedError"]
 
-_RNG_PREFIX = "rng."
+_RNG_PREFIX = "rng."  # rank 0; rank r > 0 uses "rng<r>."
+_LOADER_SEED_TAG = 0x10AD
+
+
+def _rng_prefix(rank: int) -> str:
+    return _RNG_PREFIX if rank == 0 else f"rng{rank}."
+
+
+def _loader_seed(seed: int, epoch: int) -> int:
+    state = np.random.SeedSequence([seed, epoch, _LOADER_SEED_TAG]).generate_state(2)
+    return int(state[0]) << 32 | int(state[1])
 
 
 class TrainingDivergedError(RuntimeError):
@@ -66,6 +86,10 @@ class TrainerState:
         best_metric: Best monitored metric so far, or ``None``.
         best_epoch: Epoch that reached ``best_metric``.
         history: One record per completed epoch (what ``metrics.json`` holds).
+        epoch_step: Optimizer steps already taken in epoch ``epoch + 1`` (non-zero only
+            in a checkpoint written by a stop in the middle of an epoch).
+        partial: That unfinished epoch's running sums over all processes
+            (``loss_sum``, ``images``, ``confusion``, ``top5_hits``), or ``None``.
     """
 
     epoch: int = 0
@@ -73,6 +97,8 @@ class TrainerState:
     best_metric: float | None = None
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_step: int = 0
+    partial: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The state as a JSON-friendly dict."""
@@ -87,36 +113,80 @@ class TrainerState:
             best_metric=values.get("best_metric"),
             best_epoch=values.get("best_epoch"),
             history=[dict(r) for r in values.get("history", [])],
+            epoch_step=int(values.get("epoch_step", 0)),
+            partial=values.get("partial"),
         )
 
 
 class EpochSampler(Sampler[int]):
     """A shuffled order that depends only on ``(seed, epoch)``, not on the global RNG.
 
+    With several processes the epoch's one global order is padded (by repeating its
+    start) to a multiple of ``world_size`` and dealt out round-robin, so process ``r``
+    takes positions ``r, r + W, r + 2W, ...``. Step ``j`` of a job with ``W`` processes
+    and batch size ``B`` then sees exactly the samples of step ``j`` of one process with
+    batch size ``W * B`` (when ``W * B`` divides the dataset).
+
     Args:
         length: Dataset length.
         seed: Base seed.
         shuffle: Shuffle (``False`` keeps ``0..length-1``).
+        rank: This process's index.
+        world_size: Number of processes.
     """
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, length: int, seed: int, shuffle: bool = True, *, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.length = length
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order of ``epoch``."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the order of ``epoch``, skipping this process's first ``start`` samples."""
         self.epoch = epoch
+        self.start = start
+
+    def order(self) -> list[int]:
+        """This process's full share of the current epoch, before skipping."""
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, 0x5A17])
+            order = rng.permutation(self.length).tolist()
+        else:
+            order = list(range(self.length))
+        if self.world_size == 1 or not order:
+            return order
+        total = math.ceil(self.length / self.world_size) * self.world_size
+        repeats = math.ceil(total / self.length)
+        return (order * repeats)[:total][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.length))
-        rng = np.random.default_rng([self.seed, self.epoch, 0x5A17])
-        return iter(rng.permutation(self.length).tolist())
+        return iter(self.order()[self.start :])
 
     def __len__(self) -> int:
-        return self.length
+        share = math.ceil(self.length / self.world_size) if self.length else 0
+        return max(share - self.start, 0)
+
+
+def _unwrap_worker_error(exc: Exception) -> Exception:
+    """A data error from a DataLoader worker with its own one-line message again.
+
+    DataLoader re-raises a worker's ``ValueError`` as ``ValueError("Caught ValueError in
+    DataLoader worker process 0. Original Traceback ...")``; the last line holds the
+    original message (e.g. which image file is corrupt).
+    """
+    text = str(exc)
+    if not isinstance(exc, ValueError) or "Original Traceback" not in text:
+        return exc
+    last = text.strip().splitlines()[-1]
+    prefix = f"{type(exc).__name__}: "
+    return ValueError(last[len(prefix) :] if last.startswith(prefix) else last)
 
 
 def _format_metrics(values: dict[str, Any], keys: Sequence[str]) -> str:
@@ -195,9 +265,15 @@ class Trainer:
         self.state = TrainerState()
         self.logger = MetricsLogger(self.run_dir) if ctx.is_main else None
 
-        self.train_sampler: Any = make_sampler(train_set, ctx, shuffle=True, seed=seed)
-        if self.train_sampler is None:
-            self.train_sampler = EpochSampler(len(train_set), seed)
+        self.batch_size = batch_size
+        self.stop = StopRequest()
+        self.train_sampler = EpochSampler(
+            len(train_set), seed, rank=ctx.rank, world_size=ctx.world_size
+        )
+        # Private generators: iterating a DataLoader draws its worker base seed from its
+        # generator, which would otherwise advance the global torch generator.
+        self._train_generator = torch.Generator()
+        self._val_generator = torch.Generator()
         # A last batch of one sample breaks batch norm; drop it only in that case.
         per_process = math.ceil(len(train_set) / ctx.world_size)
         loader_options: dict[str, Any] = dict(
@@ -208,13 +284,18 @@ class Trainer:
             batch_size=batch_size,
             sampler=self.train_sampler,
             drop_last=per_process % batch_size == 1 and per_process > 1,
+            generator=self._train_generator,
             **loader_options,
         )
         self.val_loader = None
         if val_set is not None and len(val_set):
             val_sampler = make_sampler(val_set, ctx, shuffle=False, seed=seed)
             self.val_loader = DataLoader(
-                val_set, batch_size=batch_size, sampler=val_sampler, **loader_options
+                val_set,
+                batch_size=batch_size,
+                sampler=val_sampler,
+                generator=self._val_generator,
+                **loader_options,
             )
 
     # --- state ------------------------------------------------------------------------
@@ -229,13 +310,52 @@ class Trainer:
             "best_epoch": self.state.best_epoch,
             "monitor": self.monitor,
             "metrics": record or {},
-            "data_order": {"seed": self.seed, "next_epoch": self.state.epoch + 1},
+            "world_size": self.ctx.world_size,
+            "batch_size": self.batch_size,
+            "data_order": {
+                "seed": self.seed,
+                "next_epoch": self.state.epoch + 1,
+                "steps_done_in_next_epoch": self.state.epoch_step,
+            },
             "trainer": self.state.to_json(),
         }
 
-    def save(self, name: str, record: dict[str, Any] | None = None) -> Path:
-        """Save checkpoint ``name`` (model, optimizer, scheduler, RNG, state) in the run folder."""
-        rng = {f"{_RNG_PREFIX}{k}": v for k, v in capture_rng_state().items()}
+    def rng_tensors(self) -> dict[str, Tensor]:
+        """The RNG states of every process, keyed ``rng.`` (rank 0) and ``rng<r>.``.
+
+        Every process must call it under DDP (the states are gathered).
+        """
+        local = {key: value.numpy().tobytes() for key, value in capture_rng_state().items()}
+        tensors: dict[str, Tensor] = {}
+        for rank, states in enumerate(all_gather_objects(local, self.ctx)):
+            assert isinstance(states, dict)
+            for key, data in states.items():
+                tensors[_rng_prefix(rank) + key] = torch.frombuffer(
+                    bytearray(data), dtype=torch.uint8
+                )
+        return tensors
+
+    def save(
+        self,
+        name: str,
+        record: dict[str, Any] | None = None,
+        *,
+        rng: dict[str, Tensor] | None = None,
+    ) -> Path | None:
+        """Save checkpoint ``name`` (model, optimizer, scheduler, RNG, state) in the run folder.
+
+        Every process must call it under DDP; rank 0 writes and returns the JSON path,
+        the others return ``None``.
+
+        Args:
+            name: Checkpoint name (``last``, ``best``, ``epoch-0003``).
+            record: The epoch's metrics, stored in the metadata.
+            rng: From :meth:`rng_tensors` (gathered now when not given).
+        """
+        if rng is None:
+            rng = self.rng_tensors()
+        if not self.ctx.is_main:
+            return None
         return save_checkpoint(
             self.run_dir,
             name,
@@ -249,6 +369,9 @@ class Trainer:
     def restore(self, checkpoint: Checkpoint, *, scheduler: bool = True) -> None:
         """Continue from ``checkpoint``: weights, optimizer, schedule, RNG and progress.
 
+        Each process restores its own RNG states; a process the saved run did not have
+        keeps its freshly seeded generators.
+
         Args:
             checkpoint: A checkpoint saved by :meth:`save`.
             scheduler: Also restore the schedule's state; pass ``False`` when the run's
@@ -260,10 +383,9 @@ class Trainer:
         if scheduler and checkpoint.scheduler_state is not None:
             self.scheduler.load_state_dict(checkpoint.scheduler_state)
         self.state = TrainerState.from_json(checkpoint.metadata["trainer"])
+        prefix = _rng_prefix(self.ctx.rank)
         rng = {
-            k[len(_RNG_PREFIX) :]: v
-            for k, v in checkpoint.extra_tensors.items()
-            if k.startswith(_RNG_PREFIX)
+            k[len(prefix) :]: v for k, v in checkpoint.extra_tensors.items() if k.startswith(prefix)
         }
         if rng:
             restore_rng_state(rng)
@@ -292,17 +414,26 @@ class Trainer:
     def fit(self, epochs: int) -> TrainerState:
         """Train until ``epochs`` epochs are complete (continuing after a restore).
 
+        Ctrl-C or SIGTERM stops after the current step, saves ``last`` at that position
+        and raises :class:`~concatnets.training.interrupt.TrainingInterrupted`; a second
+        Ctrl-C raises :class:`KeyboardInterrupt` at once.
+
         Args:
             epochs: Total epochs of the run, counting those already done.
         """
         try:
-            for epoch in range(self.state.epoch + 1, epochs + 1):
-                self.run_epoch(epoch, epochs)
+            with self.stop.installed():
+                for epoch in range(self.state.epoch + 1, epochs + 1):
+                    self.run_epoch(epoch, epochs)
+                    if epoch < epochs and any_process(self.stop.requested, self.ctx):
+                        self._stopped(f"after epoch {epoch}")
+        except TrainingInterrupted:
+            raise
         except KeyboardInterrupt:
-            if self.ctx.is_main and self.state.epoch:
+            if self.ctx.is_main and (self.run_dir / "last.json").exists():
                 notice(
-                    f"interrupted; epoch {self.state.epoch} is saved in {self.run_dir}; "
-                    f"continue with --resume {self.run_dir}"
+                    f"interrupted without saving; {self.run_dir / 'last.json'} holds the last "
+                    f"saved position; continue with --resume {self.run_dir}"
                 )
             raise
         finally:
@@ -310,8 +441,21 @@ class Trainer:
                 self.logger.close()
         return self.state
 
+    def _stopped(self, where: str) -> None:
+        if self.ctx.is_main:
+            notice(
+                f"stopped by {self.stop.signal_name or 'a signal'} {where} (step "
+                f"{self.state.global_step}); saved in {self.run_dir / 'last.json'}; "
+                f"continue with --resume {self.run_dir}"
+            )
+        raise TrainingInterrupted(f"training stopped {where}; continue with --resume")
+
     def run_epoch(self, epoch: int, epochs: int) -> dict[str, Any]:
-        """Train one epoch, validate, log and checkpoint; return the epoch's record."""
+        """Train one epoch, validate, log and checkpoint; return the epoch's record.
+
+        Continues epoch ``epoch`` from ``state.epoch_step`` when a checkpoint written in
+        the middle of it was restored.
+        """
         started = time.perf_counter()
         train_metrics, train_loss, images = self._train_one_epoch(epoch, epochs)
         elapsed = time.perf_counter() - started
@@ -337,68 +481,145 @@ class Trainer:
             record["val_loss"] = result.loss
             record.update({f"val_{k}": v for k, v in result.metrics.items()})
         record["time_s"] = round(elapsed, 3)
-        record["images_per_s"] = round(images * self.ctx.world_size / max(elapsed, 1e-9), 2)
+        record["images_per_s"] = round(images / max(elapsed, 1e-9), 2)
         record["peak_memory_mb"] = round(peak_memory_bytes(self.device) / 2**20, 1)
         self.scheduler.step()
         self._finish_epoch(epoch, epochs, record)
         return record
 
     def _train_one_epoch(self, epoch: int, epochs: int) -> tuple[dict[str, float], float, int]:
+        """Train ``epoch``; return its metrics and mean loss over all processes, and the
+        number of images all processes trained on in this call."""
+        first_step = self.state.epoch_step
         self.train_set.set_epoch(epoch)
-        self.train_sampler.set_epoch(epoch)
+        self.train_sampler.set_epoch(epoch, first_step * self.batch_size)
+        self._train_generator.manual_seed(_loader_seed(self.seed, epoch))
         self.model.train()
         reset_peak_memory(self.device)
         accumulator = MetricAccumulator(self.task, self.class_names, self.device)
-        loss_sum, images = 0.0, 0
+        sums = self._partial_sums(accumulator)
+        images = 0
         started = time.perf_counter()
         bar = tqdm(
-            self.train_loader,
+            total=len(self.train_loader) + first_step,
+            initial=first_step,
             desc=f"epoch {epoch}/{epochs}",
             leave=False,
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        for batch in bar:
+        batches = iter(self.train_loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as exc:
+                # Ctrl-C also reaches DataLoader workers, which then die: stop cleanly.
+                if not self.stop.requested:
+                    cleaned = _unwrap_worker_error(exc)
+                    if cleaned is exc:
+                        raise
+                    raise cleaned from exc
+                batch = None
+            if any_process(self.stop.requested, self.ctx):
+                bar.close()
+                self._save_mid_epoch(accumulator, sums)
+                self._stopped(f"in epoch {epoch} after step {self.state.epoch_step}")
+            assert batch is not None
             batch = to_device(batch, self.device)
             with autocast(self.device, self.bf16):
                 logits = self.model(batch["image"])
             loss = self.loss_fn(logits.float(), batch)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch}, step "
-                    f"{self.state.global_step + 1}; lower --lr (now "
-                    f"{self.optimizer.param_groups[0]['lr']:g})"
-                    + (" or drop --bf16" if self.bf16 else "")
-                    + (
-                        f"; the last good epoch is saved in {self.run_dir}"
-                        if self.state.epoch
-                        else ""
-                    )
-                )
+            if any_process(not bool(torch.isfinite(loss)), self.ctx):
+                bar.close()
+                raise TrainingDivergedError(self._divergence_message(loss, epoch))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.state.global_step += 1
+            self.state.epoch_step += 1
             count = batch["image"].shape[0]
-            loss_sum += float(loss.detach()) * count
+            sums["loss_sum"] += float(loss.detach()) * count
+            sums["images"] += count
             images += count
             accumulator.update(logits.detach().float(), batch["target"])
+            bar.update(1)
             if self.progress:
                 speed = images / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix_str(
-                    f"loss {loss_sum / images:.4f} "
+                    f"loss {sums['loss_sum'] / sums['images']:.4f} "
                     f"{self.monitor} {accumulator.compute()[self.monitor]:.3f} "
                     f"{speed:.1f} img/s peak {format_bytes(peak_memory_bytes(self.device))}",
                     refresh=False,
                 )
         bar.close()
-        if images == 0:
+        totals = self._reduce_sums(accumulator, sums)
+        if totals["images"] == 0:
             raise ValueError(
                 "the training split is empty for this batch size; lower --batch-size or "
                 "--val-fraction, or add images"
             )
-        mean_loss = all_reduce_mean(loss_sum / images, self.ctx)
-        return accumulator.compute(), mean_loss, images
+        return (
+            accumulator.compute(),
+            totals["loss_sum"] / totals["images"],
+            images * (self.ctx.world_size),
+        )
+
+    def _partial_sums(self, accumulator: MetricAccumulator) -> dict[str, Any]:
+        """Running sums of the epoch, seeded from a restored mid-epoch checkpoint.
+
+        The saved sums already cover all processes, so only rank 0 takes them up.
+        """
+        sums: dict[str, Any] = {"loss_sum": 0.0, "images": 0}
+        partial = self.state.partial
+        if partial and self.state.epoch_step and self.ctx.is_main:
+            sums["loss_sum"] = float(partial["loss_sum"])
+            sums["images"] = int(partial["images"])
+            accumulator.confusion += torch.tensor(
+                partial["confusion"], dtype=torch.int64, device=accumulator.confusion.device
+            )
+            accumulator.top5_hits += int(partial["top5_hits"])
+        return sums
+
+    def _reduce_sums(self, accumulator: MetricAccumulator, sums: dict[str, Any]) -> dict[str, Any]:
+        """Sum the running sums over all processes (in place for the accumulator)."""
+        all_reduce_sum_(accumulator.confusion, self.ctx)
+        all_reduce_sum_(accumulator.top5_hits, self.ctx)
+        if not self.ctx.is_distributed:
+            return dict(sums)
+        values = torch.tensor(
+            [sums["loss_sum"], float(sums["images"])], dtype=torch.float64, device=self.device
+        )
+        all_reduce_sum_(values, self.ctx)
+        return {"loss_sum": float(values[0]), "images": int(values[1])}
+
+    def _save_mid_epoch(self, accumulator: MetricAccumulator, sums: dict[str, Any]) -> None:
+        """Write ``last`` at the current step of an unfinished epoch (all processes call)."""
+        totals = self._reduce_sums(accumulator, sums)
+        self.state.partial = {
+            "loss_sum": totals["loss_sum"],
+            "images": totals["images"],
+            "confusion": accumulator.confusion.cpu().tolist(),
+            "top5_hits": int(accumulator.top5_hits),
+        }
+        self.save("last")
+        barrier(self.ctx)
+
+    def _divergence_message(self, loss: Tensor, epoch: int) -> str:
+        last = self.run_dir / "last.json"
+        kept = (
+            f"the last good checkpoint {last} (epoch {self.state.epoch}) is kept"
+            if last.exists() and self.state.epoch
+            else "no checkpoint was written yet"
+        )
+        return (
+            f"loss became {loss.item()} at epoch {epoch}, step {self.state.global_step + 1}; "
+            f"training stopped and {kept}; lower --lr (now "
+            f"{self.optimizer.param_groups[0]['lr']:g})"
+            + (" or drop --bf16" if self.bf16 else "")
+            + " and check the data for NaN or infinite values"
+        )
 
     def _finish_epoch(self, epoch: int, epochs: int, record: dict[str, Any]) -> None:
         split = "val" if self.val_loader is not None else "train"
@@ -409,16 +630,20 @@ class Trainer:
             and (self.state.best_metric is None or current > self.state.best_metric)
         )
         self.state.epoch = epoch
+        self.state.epoch_step = 0
+        self.state.partial = None
         self.state.history.append(record)
         if improved:
             self.state.best_metric = current
             self.state.best_epoch = epoch
+        rng = self.rng_tensors()
+        self.save("last", record, rng=rng)
+        if improved:
+            self.save("best", record, rng=rng)
+        if self.keep_epochs > 0:
+            self.save(f"epoch-{epoch:04d}", record, rng=rng)
         if self.ctx.is_main:
-            self.save("last", record)
-            if improved:
-                self.save("best", record)
             if self.keep_epochs > 0:
-                self.save(f"epoch-{epoch:04d}", record)
                 self._prune_epoch_checkpoints()
             assert self.logger is not None
             self.logger.log(record)

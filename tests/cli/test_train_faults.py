@@ -1,0 +1,379 @@
+"""Every bad input and fault of `concatnets train`, one named test each.
+
+Each test checks the three promises: the command fails with exit status 2 (1 for a
+diverged loss) and one ``error:`` line that names the thing and the fix, there is no
+traceback, and nothing already written is lost (run folders are compared byte for byte).
+
+Fault -> test:
+
+- missing data folder -> test_fault_missing_data_folder
+- empty data folders -> test_fault_empty_data_folder
+- an image with no mask -> test_fault_image_without_mask
+- unreadable or corrupt image file -> test_fault_unreadable_or_corrupt_image
+- corrupt image met mid-training ->
+  test_fault_corrupt_image_during_training_keeps_the_last_checkpoint
+- mask values >= num_classes -> test_fault_mask_values_beyond_num_classes
+- mixed image sizes, no size policy -> test_fault_mixed_sizes_without_size_policy
+- a channel count the model does not take -> test_fault_channel_count_the_model_does_not_take
+- a checkpoint of another architecture -> test_fault_checkpoint_of_another_architecture
+- a truncated checkpoint -> test_fault_truncated_checkpoint
+- a foreign .pth needing pickle code -> test_fault_foreign_pth_needing_code_is_refused
+- NaN/inf loss -> test_fault_nan_loss_stops_and_keeps_last_good_checkpoint
+- full disk while saving -> test_fault_full_disk_while_saving_keeps_previous_checkpoint
+- output folder holding another run -> test_fault_output_folder_holds_another_run
+- --resume of a run killed before its first save -> test_fault_resume_of_a_run_without_checkpoint
+
+Ctrl-C, SIGKILL and exact resume: tests/training/test_train_interrupt_resume.py and
+tests/cli/test_train_sigkill.py; torchrun: tests/cli/test_train_torchrun.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from concatnets.cli.main import main
+from concatnets.models import create_model
+from concatnets.training import checkpoint as checkpoint_module
+from concatnets.training.checkpoint import load_checkpoint
+
+UNET = ["--model", "unet_small", "--model-arg", "features=4", "--model-arg", "depth=2"]
+FAST = ["--epochs", "1", "--batch-size", "2", "--no-progress", "--device", "cpu"]
+FAST += ["--overlays", "0", "--augment", "none"]
+
+
+def _write_folder(
+    root: Path,
+    count: int = 4,
+    *,
+    sizes: list[tuple[int, int]] | None = None,
+    classes: int = 2,
+    rgb: bool = False,
+    suffix: str = ".png",
+) -> Path:
+    """A segmentation folder: images/ and masks/ holding class-index masks."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        height, width = sizes[index] if sizes else (16, 16)
+        mask = np.zeros((height, width), np.uint8)
+        for value in range(1, classes):
+            mask[value * 2 : value * 2 + 4, 2:10] = value
+        shape = (height, width, 3) if rgb else (height, width)
+        image = rng.integers(0, 80, size=shape, dtype=np.uint8)
+        image[mask > 0] += 120
+        Image.fromarray(image).save(root / "images" / f"s{index}{suffix}")
+        Image.fromarray(mask).save(root / "masks" / f"s{index}.png")
+    return root
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _fails(args: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -> str:
+    """Run the CLI, expect ``code`` and one error line; return that line."""
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A one-epoch run on a grayscale PNG folder: (data folder, run folder)."""
+    root = tmp_path_factory.mktemp("trained")
+    data = _write_folder(root / "data", 6)
+    run = root / "run"
+    assert main(["train", *UNET, "--data", str(data), *FAST, "--output", str(run)]) == 0
+    return data, run
+
+
+@pytest.fixture
+def run_copy(trained: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the trained run (tests may damage it)."""
+    data, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return data, copy
+
+
+def test_fault_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    line = _fails(
+        ["train", *UNET, "--data", str(tmp_path / "nope"), *FAST, "--output", str(out)], capsys
+    )
+    assert f"data folder {tmp_path / 'nope'} does not exist" in line
+    assert "DIR/images/" in line  # the layout to create
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("layout", ["empty", "empty_subfolders"])
+def test_fault_empty_data_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout == "empty_subfolders":
+        (data / "images").mkdir()
+        (data / "masks").mkdir()
+    out = tmp_path / "out"
+    line = _fails(["train", *UNET, "--data", str(data), *FAST, "--output", str(out)], capsys)
+    expected = "no labelled images found" if layout == "empty" else "holds no images"
+    assert expected in line and str(data) in line
+    assert not out.exists()
+
+
+def test_fault_image_without_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write_folder(tmp_path / "data", 3)
+    (data / "masks" / "s1.png").unlink()
+    line = _fails(
+        ["train", *UNET, "--data", str(data), *FAST, "--output", str(tmp_path / "o")], capsys
+    )
+    assert "1 image(s)" in line and "have no mask" in line
+    assert "s1.png" in line and "masks/s1.png" in line  # which file, and what to name its mask
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_fault_unreadable_or_corrupt_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    data = _write_folder(tmp_path / "data", 3)
+    broken = data / "images" / "s2.png"
+    content = broken.read_bytes()
+    broken.write_bytes(
+        {"garbage": b"not an image", "truncated": content[: len(content) // 2], "empty": b""}[
+            damage
+        ]
+    )
+    line = _fails(
+        ["train", *UNET, "--data", str(data), *FAST, "--output", str(tmp_path / "o")], capsys
+    )
+    assert f"{broken}: cannot read this file" in line
+    assert "replace it or move it out of the data folder" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_fault_corrupt_image_during_training_keeps_the_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A truncated JPEG passes the header check and fails only when decoded mid-training.
+    data = _write_folder(tmp_path / "data", 4, suffix=".jpg")
+    run = tmp_path / "run"
+    assert main(["train", *UNET, "--data", str(data), *FAST, "--output", str(run)]) == 0
+    broken = data / "images" / "s1.jpg"
+    broken.write_bytes(broken.read_bytes()[:-200])
+    before = _snapshot(run)
+    capsys.readouterr()
+    line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+    assert f"{broken}: cannot read this file" in line and "truncated" in line
+    after = _snapshot(run)
+    for name, content in before.items():
+        if name != "config.json":  # rewritten at the start of the resumed session
+            assert after[name] == content, name
+    assert load_checkpoint(run).metadata["epoch"] == 1
+
+
+def test_fault_mask_values_beyond_num_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_folder(tmp_path / "data", 3, classes=3)  # mask values 0, 1, 2
+    out = tmp_path / "o"
+    args = ["train", *UNET, "--model-arg", "num_classes=2", "--data", str(data), *FAST]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "num_classes=2" in line and "hold 3 classes" in line
+    assert "--mask-values" in line and "remove num_classes" in line
+    # An explicit value map that misses a stored value is refused too.
+    args = ["train", *UNET, "--data", str(data), *FAST, "--mask-values", "0:0,1:1"]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "value(s) [2] missing from --mask-values 0:0,1:1" in line
+    assert not out.exists()
+
+
+def test_fault_mixed_sizes_without_size_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_folder(tmp_path / "data", 3, sizes=[(16, 16), (24, 20), (16, 16)])
+    line = _fails(
+        ["train", *UNET, "--data", str(data), *FAST, "--output", str(tmp_path / "o")], capsys
+    )
+    assert "2 different sizes" in line and "16x16 (2), 20x24 (1)" in line
+    assert "--size-policy resize|pad|crop" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_fault_channel_count_the_model_does_not_take(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rgb = _write_folder(tmp_path / "rgb", 3, rgb=True)
+    out = tmp_path / "o"
+    args = ["train", *UNET, "--model-arg", "in_channels=1", "--data", str(rgb), *FAST]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "in_channels=1" in line and "3 channel(s)" in line and "remove in_channels" in line
+    # Weights of a grayscale model do not fit a model for the RGB images.
+    _, gray_run = trained
+    args = ["train", *UNET, "--data", str(rgb), *FAST, "--init-weights", str(gray_run)]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "does not fit model 'unet_small'" in line
+    assert "(4, 1, 3, 3) in checkpoint vs (4, 3, 3, 3) in model" in line
+    assert not out.exists()
+
+
+def test_fault_checkpoint_of_another_architecture(
+    run_copy: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = run_copy
+    before = _snapshot(run)
+    line = _fails(["train", "--resume", str(run), "--model-arg", "features=8"], capsys)
+    assert f"checkpoint {run / 'last.json'} does not fit model 'unet_small'" in line
+    assert "shape mismatches" in line and "build the model with the checkpoint's" in line
+    assert _snapshot(run) == before  # not even config.json was touched
+    # Weights of another architecture as a starting point.
+    densenet = tmp_path / "densenet.safetensors"
+    model = create_model("densenet_bc", depth=10, growth_rate=4, in_channels=1, num_classes=2)
+    save_file(model.state_dict(), str(densenet))
+    out = tmp_path / "o"
+    args = ["train", *UNET, "--data", str(data), *FAST, "--init-weights", str(densenet)]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "does not fit model 'unet_small'" in line and "missing keys" in line
+    assert not out.exists()
+
+
+def test_fault_truncated_checkpoint(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = run_copy
+    weights = run / json.loads((run / "last.json").read_text())["weights_file"]
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = _snapshot(run)
+    line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+    assert f"checkpoint file {weights} cannot be used: it is truncated or corrupt" in line
+    assert "other checkpoints in" in line and "best.json" in line
+    assert _snapshot(run) == before
+
+
+def test_fault_foreign_pth_needing_code_is_refused(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = trained
+    marker = tmp_path / "code-ran"
+    exploit = tmp_path / "exploit.pth"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "payload": _Exploit(marker)}, exploit)
+    out = tmp_path / "o"
+    args = ["train", *UNET, "--data", str(data), *FAST, "--init-weights", str(exploit)]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "would need pickle code execution, which concatnets refuses" in line
+    assert "safetensors" in line  # how to convert it
+    assert not marker.exists() and not out.exists()
+    # A plain state dict saved with torch.save is read with weights_only=True and used.
+    model = create_model("unet_small", features=4, depth=2, in_channels=1, num_classes=2)
+    plain = tmp_path / "plain.pth"
+    torch.save({"model": model.state_dict()}, plain)
+    args = ["train", *UNET, "--data", str(data), *FAST, "--init-weights", str(plain)]
+    assert main([*args, "--output", str(out)]) == 0
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+
+
+def test_fault_nan_loss_stops_and_keeps_last_good_checkpoint(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = run_copy
+    saved = {k: v for k, v in _snapshot(run).items() if k != "config.json"}
+    line = _fails(["train", "--resume", str(run), "--epochs", "3", "--lr", "1e30"], capsys, code=1)
+    assert "loss became" in line and "at epoch 2, step" in line
+    assert f"the last good checkpoint {run / 'last.json'} (epoch 1) is kept" in line
+    assert "lower --lr (now 7.5e+29)" in line  # the resumed run took the new --lr
+    after = _snapshot(run)
+    assert {k: after[k] for k in saved} == saved  # checkpoints and metrics untouched
+    assert load_checkpoint(run).metadata["epoch"] == 1
+    # The checkpoint's own settings win over the failed start's config.json.
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert load_checkpoint(run).metadata["config"]["lr"] == 1e-3
+
+
+def test_fault_full_disk_while_saving_keeps_previous_checkpoint(
+    run_copy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = run_copy
+    checkpoint_files = {
+        k: v for k, v in _snapshot(run).items() if k.startswith(("last", "best", "metrics"))
+    }
+    real_write_atomically = checkpoint_module._write_atomically
+    real_write_bytes = checkpoint_module._write_bytes
+
+    def half_then_full(handle: Any, data: bytes) -> None:
+        handle.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def disk_full_for_last(path: Path, data: bytes) -> None:
+        # The disk fills up while the new weights of `last` are written.
+        failing = path.name.startswith("last-")
+        writer = half_then_full if failing else real_write_bytes
+        monkeypatch.setattr(checkpoint_module, "_write_bytes", writer)
+        real_write_atomically(path, data)
+
+    monkeypatch.setattr(checkpoint_module, "_write_atomically", disk_full_for_last)
+    line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+    assert f"no space left on device while saving checkpoint to {run / 'last.json'}" in line
+    assert "free space or choose --output elsewhere" in line
+    assert f"the previous checkpoint {run / 'last.json'} is intact" in line
+    after = _snapshot(run)
+    assert {k: after[k] for k in checkpoint_files} == checkpoint_files
+    assert not [name for name in after if name.endswith(".tmp")]
+    assert load_checkpoint(run).metadata["epoch"] == 1
+
+
+def test_fault_output_folder_holds_another_run(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = run_copy
+    (run / "best_notes.txt").write_text("my notes")
+    before = _snapshot(run)
+    args = ["train", *UNET, "--data", str(data), *FAST, "--output", str(run)]
+    line = _fails(args, capsys)
+    assert f"run folder {run} already holds a run" in line
+    assert f"--resume {run}" in line and "--overwrite" in line
+    assert _snapshot(run) == before
+    line = _fails([*args, "--resume", str(run), "--overwrite"], capsys)
+    assert "--resume and --overwrite contradict each other" in line
+    # Told to overwrite: the old run's files go, unrelated files stay.
+    assert main([*args, "--overwrite", "--epochs", "2"]) == 0
+    assert (run / "best_notes.txt").read_text() == "my notes"
+    history = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert len(list(run.glob("last-*.safetensors"))) == 1
+
+
+def test_fault_resume_of_a_run_without_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "unet_small", "epochs": 2}))
+    line = _fails(["train", "--resume", str(run)], capsys)
+    assert "holds no last.json checkpoint (the run stopped before it saved one)" in line
+    assert f"--output {run} --overwrite" in line
