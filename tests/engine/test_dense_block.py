@@ -49,7 +49,7 @@ def assert_same_state(a: nn.Module, b: nn.Module, tol: float) -> None:
 def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run with the whole layer input in one chunk, and split into 8-channel chunks."""
     if request.param == "many-chunks":
-        monkeypatch.setattr(dense_block_module, "_MIN_CHUNK_CHANNELS", 1)
+        monkeypatch.setattr(dense_block_module, "_CHUNK_ELEMENTS", 1)
 
 
 @pytest.mark.usefixtures("chunking")
