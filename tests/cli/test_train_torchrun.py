@@ -12,11 +12,7 @@ process by design.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,51 +20,21 @@ import pytest
 from concatnets.cli.main import main
 from concatnets.training.checkpoint import load_checkpoint
 
-_LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _TIMEOUT_S = 90
+_TRAIN = ["-m", "concatnets.cli.main", "train"]
 _UNET = ["--model", "unet_small", "--model-arg", "features=4", "--model-arg", "depth=2"]
 _UNET += ["--model-arg", "normalization=none", "--loss", "ce", "--augment", "flip,rot90"]
 _DATA = ["--data", "builtin:cells", "--num-images", "10", "--image-size", "16", "--seed", "3"]
 _RUN = ["--epochs", "2", "--device", "cpu", "--no-progress", "--overlays", "0"]
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _torchrun(arguments: list[str]) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback whatever the hostname says
-    for _ in range(2):  # a second try if another process took the free port meanwhile
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1"]
-        command += ["--nproc_per_node=2", "--master_addr=127.0.0.1"]
-        command += [f"--master_port={_free_loopback_port()}", "-m", "concatnets.cli.main"]
-        launcher = subprocess.Popen(
-            [*command, "train", *arguments],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # so a hang can be ended with the workers it spawned
-        )
-        try:
-            output, _ = launcher.communicate(timeout=_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            output, _ = launcher.communicate()
-            return -1, f"torchrun timed out after {_TIMEOUT_S} s\n{output}"
-        if launcher.returncode == 0 or "address already in use" not in output.lower():
-            break
-    return launcher.returncode, output
-
-
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    tmp_path: Path, torchrun: Callable[..., tuple[int, str]]
+) -> None:
     two, one = tmp_path / "two", tmp_path / "one"
-    code, output = _torchrun([*_UNET, *_DATA, *_RUN, "--batch-size", "2", "--output", str(two)])
+    code, output = torchrun(
+        [*_TRAIN, *_UNET, *_DATA, *_RUN, "--batch-size", "2", "--output", str(two)], _TIMEOUT_S
+    )
     assert code == 0, output[-6000:]
     # Rank-0 logging: one summary line per epoch, not one per process.
     assert output.count("epoch 2/2") == 1 and "on cpu x 2 processes" in output
@@ -91,12 +57,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     assert {"rng.torch.cpu", "rng1.torch.cpu"} <= set(distributed.extra_tensors)
 
 
-def test_memory_efficient_densenet_trains_under_two_processes(tmp_path: Path) -> None:
+def test_memory_efficient_densenet_trains_under_two_processes(
+    tmp_path: Path, torchrun: Callable[..., tuple[int, str]]
+) -> None:
     run = tmp_path / "run"
     arguments = ["--model", "densenet_bc", "--model-arg", "depth=10", "--model-arg"]
     arguments += ["growth_rate=4", "--memory-efficient", "--data", "builtin:shapes"]
     arguments += ["--num-images", "12", "--image-size", "16", "--batch-size", "2"]
-    code, output = _torchrun([*arguments, *_RUN, "--output", str(run)])
+    code, output = torchrun([*_TRAIN, *arguments, *_RUN, "--output", str(run)], _TIMEOUT_S)
     assert code == 0, output[-6000:]
     checkpoint = load_checkpoint(run)
     assert checkpoint.metadata["model_kwargs"]["memory_efficient"] is True

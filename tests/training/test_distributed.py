@@ -7,11 +7,8 @@ The two-process test launches this very file with ``torchrun`` (2 CPU processes,
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,50 +162,10 @@ def test_all_reduce_mean_refuses_non_scalars() -> None:
         all_reduce_mean(torch.ones(2), _cpu_context(0, 1))
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run_torchrun(script_arguments: list[str], env: dict[str, str]) -> tuple[int, str]:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_loopback_port()}",
-        __file__,
-        *script_arguments,
-    ]
-    # A session of its own, so a hang can be ended together with the workers it spawned.
-    launcher = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = launcher.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)
-        output, _ = launcher.communicate()
-        return -1, "torchrun timed out after 120 s\n" + output
-    return launcher.returncode, output
-
-
-def test_two_process_ddp_matches_single_process_on_the_global_batch(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback whatever the hostname says
-    returncode, output = _run_torchrun([str(tmp_path)], env)
-    if returncode != 0 and "address already in use" in output.lower():
-        returncode, output = _run_torchrun([str(tmp_path)], env)  # lost the free-port race
+def test_two_process_ddp_matches_single_process_on_the_global_batch(
+    tmp_path: Path, torchrun: Callable[..., tuple[int, str]]
+) -> None:
+    returncode, output = torchrun([__file__, str(tmp_path)])
     assert returncode == 0, output[-6000:]
 
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
