@@ -45,6 +45,9 @@ class NormActPart:
         crop: Spatial slices applied after normalisation (the valid U-Net's skip crop);
             statistics stay those of the whole tensor.
         then_conv: A (transposed) convolution applied after the activation.
+        value: The activation ``relu(bn(x))`` (uncropped) if the caller already computed
+            it, e.g. with the fused kernel that also found the statistics; used in forward
+            only, never saved.
     """
 
     tensor: Tensor
@@ -53,6 +56,7 @@ class NormActPart:
     activation: bool = True
     crop: tuple[slice, ...] | None = None
     then_conv: _ConvNd | None = None
+    value: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.norm is None) != (self.stats is None):
@@ -76,7 +80,7 @@ class NormActPart:
         ``save_for_backward``, which frees it as soon as its backward has run, whereas a
         reference on ``ctx`` would keep it alive until the whole graph is released.
         """
-        return replace(self, tensor=torch.empty_like(self.tensor, device="meta"))
+        return replace(self, tensor=torch.empty_like(self.tensor, device="meta"), value=None)
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         """The part's autograd inputs: x, norm weight and bias, then_conv weight and bias."""
@@ -102,7 +106,7 @@ def _value(part: NormActPart, tensors: Sequence[Tensor | None]) -> Tensor:
     """The part's value as a new tensor (its activation, or then_conv of it)."""
     x, w, b, cw, cb = tensors
     assert x is not None
-    y = _activation(part, x, w, b)
+    y = part.cropped(part.value) if part.value is not None else _activation(part, x, w, b)
     if part.then_conv is None:
         return y
     assert cw is not None
@@ -115,6 +119,9 @@ def _write_part(part: NormActPart, tensors: Sequence[Tensor | None], out: Tensor
     assert x is not None
     if part.then_conv is not None:
         out.copy_(_value(part, tensors))
+        return
+    if part.value is not None:
+        out.copy_(part.cropped(part.value))
         return
     cropped = part.cropped(x)
     if part.stats is not None:
@@ -132,6 +139,8 @@ def _part_tensors(params: Sequence[Tensor | None], index: int) -> Sequence[Tenso
 def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None]) -> Tensor:
     """The concatenation of the parts' values in one new buffer ``(N, sum C_i, *spatial)``."""
     first = _part_tensors(params, 0)
+    if len(parts) == 1 and parts[0].value is not None and parts[0].then_conv is None:
+        return parts[0].cropped(parts[0].value)  # already computed: no copy
     if parts[0].then_conv is not None:
         sample = _value(parts[0], first)
     else:

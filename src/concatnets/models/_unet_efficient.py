@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from concatnets.engine import NormActPart, norm_act_conv, norm_act_pool, norm_stats
+from concatnets.engine import NormActPart, norm_act_conv, norm_act_pool
 from concatnets.engine.precision import in_full_precision
+from concatnets.engine.stats import norm_act_forward
 from concatnets.ops import crop_slices
 
 if TYPE_CHECKING:
@@ -32,9 +33,14 @@ EFFICIENT_NORMALIZATIONS = ("batch", "none")
 
 
 def _activated(norm: nn.Module, z: Tensor) -> NormActPart:
-    """``relu(norm(z))`` as a part, computing batch statistics (and running stats) once."""
+    """``relu(norm(z))`` as a part, computing batch statistics (and running stats) once.
+
+    The fused batch-norm kernel that finds the statistics also gives the activation, which
+    the part's first consumer uses in forward instead of normalising again.
+    """
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        return NormActPart(z, norm, norm_stats(norm, z))
+        value, stats = norm_act_forward(norm, z, norm.weight, norm.bias)
+        return NormActPart(z, norm, stats, value=value)
     return NormActPart(z)  # nn.Identity: ReLU only
 
 
@@ -67,8 +73,8 @@ def _forward(model: UNet, x: Tensor) -> Tensor:
     skips: list[NormActPart] = []
     for block in model.encoder:
         level = _conv_block(block, x)  # relu(bn(z)) of (N, features * 2**l, *spatial_l)
-        skips.append(level)
         x = norm_act_pool(level, 2)  # (N, features * 2**l, *spatial_l / 2)
+        skips.append(replace(level, value=None))  # recomputed when the decoder needs it
     below = _conv_block(model.bottleneck, x)
     for up_block, skip in zip(model.decoder, reversed(skips), strict=True):
         up = _upsampled(up_block.up, below)  # (N, C, *2 * spatial)
