@@ -114,7 +114,6 @@ class _DenseBlockFunction(torch.autograd.Function):
     ) -> Tensor:
         buffer, records = _forward(layers, x, params, policy=policy, record=True)
         ctx.layers = layers
-        ctx.policy = policy
         ctx.in_channels = x.shape[1]
         # Per-channel statistics are tiny and stay on ctx; every activation-sized tensor goes
         # through save_for_backward, so autograd frees it right after backward (and keeps it
@@ -156,7 +155,6 @@ class _DenseBlockFunction(torch.autograd.Function):
                 buffer.narrow(1, 0, channels),
                 grad_buffer.narrow(1, channels, growth),
                 grad_buffer.narrow(1, 0, channels),
-                ctx.policy,
             )
             del record
             param_grads[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER] = grads
@@ -285,7 +283,6 @@ def _layer_backward(
     features: Tensor,
     grad_new: Tensor,
     grad_features: Tensor,
-    policy: BottleneckPolicy,
 ) -> list[Tensor | None]:
     """Backward of one layer; adds its input gradient into ``grad_features`` in place."""
     if record.dropout_mask is not None:
@@ -305,7 +302,7 @@ def _layer_backward(
     relu_backward_(grad_y2, y2)  # type: ignore[arg-type]
     del y2
     grad_bottleneck, grad_norm2_w, grad_norm2_b = norm_act_backward(
-        grad_y2, bottleneck, None, w[4], record.stats2
+        grad_y2, bottleneck, w[4], record.stats2
     )
     del grad_y2, bottleneck
     assert grad_bottleneck is not None
@@ -334,7 +331,7 @@ def _layer_backward(
             grad_conv1_b = conv_b
         relu_backward_(grad_y1, y1)  # type: ignore[arg-type]
         del y1
-        grad_x, norm_gw, norm_gb = norm_act_backward(grad_y1, chunk, None, norm_w, stats)
+        grad_x, norm_gw, norm_gb = norm_act_backward(grad_y1, chunk, norm_w, stats)
         del grad_y1
         grad_features.narrow(1, start, length).add_(grad_x)  # type: ignore[arg-type]
         del grad_x

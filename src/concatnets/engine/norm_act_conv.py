@@ -204,7 +204,7 @@ def _part_backward(
         grad_y = full
     if part.stats is None:
         return grad_y, None, None, grad_cw, grad_cb
-    grad_x, grad_w_norm, grad_b_norm = norm_act_backward(grad_y, x, None, w, part.stats)
+    grad_x, grad_w_norm, grad_b_norm = norm_act_backward(grad_y, x, w, part.stats)
     return grad_x, grad_w_norm, grad_b_norm, grad_cw, grad_cb
 
 

@@ -51,7 +51,7 @@ class _NormActPoolFunction(torch.autograd.Function):
         del y
         if part.stats is None:
             return (None, None, grad_y, None, None, None, None)
-        grad_x, grad_w, grad_b = norm_act_backward(grad_y, tensors[0], None, tensors[1], part.stats)
+        grad_x, grad_w, grad_b = norm_act_backward(grad_y, tensors[0], tensors[1], part.stats)
         return (None, None, grad_x, grad_w, grad_b, None, None)
 
 

@@ -189,24 +189,21 @@ def relu_backward_(grad_y: Tensor, y: Tensor) -> Tensor:
 def norm_act_backward(
     grad_y: Tensor,
     x: Tensor,
-    y: Tensor | None,
     weight: Tensor | None,
     stats: NormStats,
     *,
     needs_input_grad: bool = True,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of ``relu(batch_norm(x))`` for input, weight and bias.
+    """Gradients of ``batch_norm(x)`` for input, weight and bias.
 
     Args:
-        grad_y: Gradient of the activation output; consumed (may be modified in place).
+        grad_y: Gradient of the normalised output (apply :func:`relu_backward_` first
+            when a ReLU followed).
         x: The normalisation's input.
-        y: The recomputed activation output, or None when no activation was applied.
         weight: The batch-norm scale (None when not affine).
         stats: The statistics the forward used.
         needs_input_grad: Whether to compute the input gradient.
     """
-    if y is not None:
-        grad_y = relu_backward_(grad_y, y)
     mask = [needs_input_grad, weight is not None, weight is not None]
     grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
         grad_y,
