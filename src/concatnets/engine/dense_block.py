@@ -141,6 +141,7 @@ class _DenseBlockFunction(torch.autograd.Function):
         grad_buffer = grad_output.clone(memory_format=torch.contiguous_format)
         param_grads: list[Tensor | None] = [None] * len(params)
         channels = ctx.in_channels + sum(_growth(layer) for layer in layers)
+        workspace = _Workspace(buffer)
         for index in reversed(range(count)):
             layer = layers[index]
             stats1, stats2, drop_scale = ctx.stats[index]
@@ -155,6 +156,7 @@ class _DenseBlockFunction(torch.autograd.Function):
                 buffer.narrow(1, 0, channels),
                 grad_buffer.narrow(1, channels, growth),
                 grad_buffer.narrow(1, 0, channels),
+                workspace,
             )
             del record
             param_grads[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER] = grads
@@ -181,12 +183,39 @@ def _chunk_width(layer: DenseLayerLike, features: Tensor) -> int:
     return max(int(layer.conv1.out_channels), _CHUNK_ELEMENTS // max(per_channel, 1))
 
 
+class _Workspace:
+    """Reusable scratch tensors for the per-chunk temporaries of one block pass.
+
+    Every layer needs the same few chunk-sized temporaries; reusing one allocation per
+    slot avoids allocator churn (with glibc's mmap threshold fixed low, each fresh large
+    tensor costs page faults).
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self._like = like
+        self._slots: dict[str, Tensor] = {}
+
+    def get(self, slot: str, shape: tuple[int, ...]) -> Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        flat = self._slots.get(slot)
+        if flat is None or flat.numel() < numel:
+            flat = self._like.new_empty(numel)
+            self._slots[slot] = flat
+        return flat[:numel].view(shape)
+
+
 def _narrow(t: Tensor | None, dim: int, start: int, length: int) -> Tensor | None:
     return None if t is None else t.narrow(dim, start, length)
 
 
 def _bottleneck(
-    layer: DenseLayerLike, w: Sequence[Tensor | None], features: Tensor, stats1: NormStats
+    layer: DenseLayerLike,
+    w: Sequence[Tensor | None],
+    features: Tensor,
+    stats1: NormStats,
+    workspace: _Workspace,
 ) -> Tensor:
     """``conv1(relu(norm1(features)))``, reading the input a chunk of channels at a time.
 
@@ -195,11 +224,13 @@ def _bottleneck(
     """
     out: Tensor | None = None
     for start, length in _chunks(features.shape[1], _chunk_width(layer, features)):
+        chunk = features.narrow(1, start, length)
         y1 = norm_act(
-            features.narrow(1, start, length),
+            chunk,
             _narrow(w[0], 0, start, length),
             _narrow(w[1], 0, start, length),
             stats1.narrow(start, length),
+            out=workspace.get("y1", tuple(chunk.shape)),
         )
         part = conv_forward(
             layer.conv1,
@@ -224,6 +255,7 @@ def _forward(
     total = in_channels + sum(_growth(layer) for layer in layers)
     buffer = x.new_empty((x.shape[0], total, *x.shape[2:]))  # (N, C0 + L*k, *spatial)
     buffer.narrow(1, 0, in_channels).copy_(x)
+    workspace = _Workspace(buffer)
     # Per-channel batch moments of the buffer, filled as channels are written.
     need_moments = any(uses_batch_stats(layer.norm1) for layer in layers)
     means = x.new_empty(total) if need_moments else None
@@ -242,7 +274,7 @@ def _forward(
             else None
         )
         stats1 = norm_stats(layer.norm1, features, moments=moments)
-        bottleneck = _bottleneck(layer, w, features, stats1)
+        bottleneck = _bottleneck(layer, w, features, stats1, workspace)
         y2, stats2 = norm_act_forward(layer.norm2, bottleneck, w[4], w[5])
         new = conv_forward(layer.conv2, y2, w[6], w[7])  # (N, k, *spatial)
         del y2
@@ -283,13 +315,14 @@ def _layer_backward(
     features: Tensor,
     grad_new: Tensor,
     grad_features: Tensor,
+    workspace: _Workspace,
 ) -> list[Tensor | None]:
     """Backward of one layer; adds its input gradient into ``grad_features`` in place."""
     if record.dropout_mask is not None:
         grad_new = grad_new * record.dropout_mask * record.drop_scale
     bottleneck = record.bottleneck
     if bottleneck is None:  # policy "recompute"
-        bottleneck = _bottleneck(layer, w, features, record.stats1)
+        bottleneck = _bottleneck(layer, w, features, record.stats1, workspace)
     # Each recomputed activation is freed as soon as its ReLU mask has been applied.
     y2 = norm_act(bottleneck, w[4], w[5], record.stats2)
     grad_y2, grad_conv2_w, grad_conv2_b = conv_backward(
@@ -315,10 +348,17 @@ def _layer_backward(
     for start, length in _chunks(features.shape[1], _chunk_width(layer, features)):
         # A contiguous copy of the chunk: the native batch-norm backward and the
         # recomputation run about twice as fast on it as on a strided view of the buffer.
-        chunk = features.narrow(1, start, length).contiguous()
+        view = features.narrow(1, start, length)
+        chunk = workspace.get("chunk", tuple(view.shape)).copy_(view)
         stats = record.stats1.narrow(start, length)
         norm_w = _narrow(w[0], 0, start, length)
-        y1 = norm_act(chunk, norm_w, _narrow(w[1], 0, start, length), stats)
+        y1 = norm_act(
+            chunk,
+            norm_w,
+            _narrow(w[1], 0, start, length),
+            stats,
+            out=workspace.get("y1", tuple(view.shape)),
+        )
         grad_y1, conv_w, conv_b = conv_backward(
             layer.conv1,
             grad_bottleneck,
