@@ -18,6 +18,7 @@ from typing import Any
 
 from concatnets.bench.config import MODE_VALUES, BenchConfig
 from concatnets.bench.environment import describe_environment, torchvision_status
+from concatnets.bench.interleaved import add_time_parser
 from concatnets.bench.presets import (
     DEFAULT_SWEEP_DEPTHS,
     PRESETS,
@@ -157,10 +158,11 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` (with its ``memory`` subcommand) on the main CLI."""
     bench = subparsers.add_parser(
-        "bench", help="benchmarks (memory)", description="Benchmarks of concatnets models."
+        "bench", help="benchmarks (memory, time)", description="Benchmarks of concatnets models."
     )
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     add_memory_parser(benchmarks)
+    add_time_parser(benchmarks)
     return bench
 
 
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     add_memory_parser(benchmarks)
+    add_time_parser(benchmarks)
     return parser
 
 

@@ -1,0 +1,148 @@
+"""``concatnets bench time``: step time of every mode, measured interleaved in one process.
+
+On a shared machine the speed drifts by tens of percent over minutes, so modes timed one
+after another (as ``bench memory`` must, one fresh process each) can differ by drift
+alone. Here every mode's model lives in one process and the modes take turns, step by
+step, in rotating order: drift then hits all modes alike, and the median ratio to the
+naive mode is the figure. Memory is not measured here (see ``bench memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from concatnets.bench.config import MODE_VALUES, BenchConfig
+from concatnets.bench.memory import UnsupportedModeError, _make_batch, _train_step, build_model
+
+__all__ = ["add_time_parser", "measure_interleaved", "run_time"]
+
+
+def measure_interleaved(
+    config: BenchConfig, modes: list[str], rounds: int, warmup: int
+) -> dict[str, Any]:
+    """Median wall and CPU seconds per training step of each mode of ``config.model``.
+
+    Args:
+        config: The model, batch, image size, device and threads (its ``mode`` is ignored).
+        modes: Modes to compare; ``naive`` is the reference and is always included.
+        rounds: Timed rounds; each round runs one step of every mode.
+        warmup: Untimed rounds first.
+    """
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    models = {}
+    unsupported = []
+    for mode in ["naive", *[m for m in modes if m != "naive"]]:
+        torch.manual_seed(0)
+        try:
+            models[mode] = build_model(replace(config, mode=mode)).to(device).train()
+        except UnsupportedModeError:
+            unsupported.append(mode)
+    modes = list(models)
+    reference = models["naive"].state_dict()
+    for model in models.values():
+        model.load_state_dict(reference)
+    inputs, target, _ = _make_batch(models["naive"], config, device)
+    parameters = {m: [p for p in models[m].parameters() if p.requires_grad] for m in modes}
+    wall: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
+    for round_index in range(warmup + rounds):
+        shift = round_index % len(modes)
+        for mode in modes[shift:] + modes[:shift]:  # rotate so no mode always goes first
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            _train_step(models[mode], inputs, target, parameters[mode])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index >= warmup:
+                wall[mode].append(time.perf_counter() - start)
+                cpu[mode].append(time.process_time() - cpu_start)
+    rows = {}
+    for mode in modes:
+        rows[mode] = {
+            "median_step_s": statistics.median(wall[mode]),
+            "median_cpu_step_s": statistics.median(cpu[mode]),
+            "step_times_s": wall[mode],
+            "cpu_step_times_s": cpu[mode],
+            # Ratio of medians, and the median of per-round ratios (robust to drift).
+            "time_ratio": statistics.median(wall[mode]) / statistics.median(wall["naive"]),
+            "round_ratio_median": statistics.median(
+                a / b for a, b in zip(wall[mode], wall["naive"], strict=True)
+            ),
+        }
+    return {
+        "model": config.model,
+        "batch": config.batch,
+        "image_size": config.image_size,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "warmup": warmup,
+        "modes": rows,
+        "unsupported": unsupported,
+    }
+
+
+def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``bench time``."""
+    parser = subparsers.add_parser(
+        "time",
+        help="step time of every mode, interleaved in one process",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  concatnets bench time --model densenet_bc_100 --batch 64 "
+        "--image-size 32 --rounds 5 --threads 1",
+    )
+    parser.add_argument("--model", required=True, help="registry name, e.g. densenet_bc_100")
+    parser.add_argument("--modes", default="naive,checkpoint,efficient", help="modes to compare")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", type=Path, help="write the result as JSON here")
+    parser.set_defaults(func=run_time)
+    return parser
+
+
+def run_time(args: argparse.Namespace) -> int:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODE_VALUES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; use some of {sorted(MODE_VALUES)}")
+    config = BenchConfig(
+        model=args.model,
+        mode="naive",
+        batch=args.batch,
+        image_size=args.image_size,
+        device=args.device,
+        threads=args.threads,
+    )
+    result = measure_interleaved(config, modes, args.rounds, args.warmup)
+    print(
+        f"{result['model']} batch {result['batch']} {result['image_size']}px, "
+        f"{result['threads']} thread(s), {result['rounds']} interleaved rounds"
+    )
+    print("| mode | median step s | time x naive | median per-round ratio |")
+    print("|---|---:|---:|---:|")
+    for mode, row in result["modes"].items():
+        print(
+            f"| {mode} | {row['median_step_s']:.3f} | {row['time_ratio']:.2f}x "
+            f"| {row['round_ratio_median']:.2f}x |"
+        )
+    for mode in result["unsupported"]:
+        print(f"{mode}: not supported by {result['model']}; skipped")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2))
+    return 0
