@@ -191,9 +191,7 @@ def norm_act_backward(
     x: Tensor,
     weight: Tensor | None,
     stats: NormStats,
-    *,
-    needs_input_grad: bool = True,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Gradients of ``batch_norm(x)`` for input, weight and bias.
 
     Args:
@@ -202,9 +200,8 @@ def norm_act_backward(
         x: The normalisation's input.
         weight: The batch-norm scale (None when not affine).
         stats: The statistics the forward used.
-        needs_input_grad: Whether to compute the input gradient.
     """
-    mask = [needs_input_grad, weight is not None, weight is not None]
+    mask = [True, weight is not None, weight is not None]
     grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
         grad_y,
         x,
@@ -217,4 +214,4 @@ def norm_act_backward(
         stats.eps,
         mask,
     )
-    return (grad_x if mask[0] else None, grad_w if mask[1] else None, grad_b if mask[2] else None)
+    return grad_x, (grad_w if mask[1] else None), (grad_b if mask[2] else None)
