@@ -115,3 +115,44 @@ def test_efficient_under_bf16_autocast_runs_in_float32() -> None:
     loss.backward()
     assert loss.item() == pytest.approx(expected, rel=0.05)
     assert all(p.grad is not None and p.grad.isfinite().all() for p in efficient.parameters())
+
+
+def saved_activation_shapes(model: UNet, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Shapes of the distinct non-parameter storages autograd keeps after ``model(x)``."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, tuple[int, ...]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        pointer = t.untyped_storage().data_ptr()
+        if pointer not in parameters:
+            kept[pointer] = tuple(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sorted(kept.values())
+
+
+def test_efficient_path_keeps_only_convolution_outputs() -> None:
+    """What backward needs, and nothing else: no activations, pooled maps or concatenations.
+
+    The image (level 0's first convolution is recomputed from it), level 0's second
+    convolution output, and both convolution outputs of every other level.
+    """
+    _, efficient = pair()  # depth 2, features 4, 2 input channels, batch norm, same padding
+    x = torch.randn(2, 2, 16, 16, dtype=torch.float64, requires_grad=True)
+    expected = sorted(
+        [
+            (2, 2, 16, 16),  # the image
+            (2, 4, 16, 16),  # encoder level 0: conv2 output
+            (2, 8, 8, 8),  # encoder level 1: conv1 and conv2 outputs
+            (2, 8, 8, 8),
+            (2, 16, 4, 4),  # bottleneck
+            (2, 16, 4, 4),
+            (2, 8, 8, 8),  # decoder level 1
+            (2, 8, 8, 8),
+            (2, 4, 16, 16),  # decoder level 0
+            (2, 4, 16, 16),
+        ]
+    )
+    assert saved_activation_shapes(efficient, x) == expected

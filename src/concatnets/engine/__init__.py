@@ -1,15 +1,14 @@
 """The memory engine: shared feature buffers and recompute-from-statistics autograd.
 
 Knows nothing of models. DenseNet uses :func:`dense_block` and :func:`norm_act_conv`;
-U-Net uses :func:`norm_act_conv` (skips written into the decoder's concatenation) and
-:func:`norm_act_pool`.
+U-Net uses :func:`norm_act_conv` for every convolution (skips written into the decoder's
+concatenation, pooling and up-convolution recomputed in backward).
 """
 
 from __future__ import annotations
 
 from concatnets.engine.dense_block import BottleneckPolicy, DenseLayerLike, dense_block
 from concatnets.engine.norm_act_conv import NormActPart, norm_act_conv
-from concatnets.engine.norm_act_pool import norm_act_pool
 from concatnets.engine.stats import NormStats, norm_stats
 
 __all__ = [
@@ -19,6 +18,5 @@ __all__ = [
     "NormStats",
     "dense_block",
     "norm_act_conv",
-    "norm_act_pool",
     "norm_stats",
 ]

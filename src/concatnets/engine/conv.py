@@ -41,9 +41,19 @@ def conv_forward(conv: _ConvNd, x: Tensor, weight: Tensor, bias: Tensor | None) 
 
 
 def conv_backward(
-    conv: _ConvNd, grad_out: Tensor, x: Tensor, weight: Tensor, *, has_bias: bool
+    conv: _ConvNd,
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    *,
+    has_bias: bool,
+    input_grad: bool = True,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of ``conv_forward`` for input, weight and bias (None without a bias)."""
+    """Gradients of ``conv_forward`` for input, weight and bias.
+
+    The input gradient is None when ``input_grad`` is False, the bias gradient when
+    ``has_bias`` is False.
+    """
     out_channels = weight.shape[1] * conv.groups if conv.transposed else weight.shape[0]
     grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
         grad_out,
@@ -51,6 +61,6 @@ def conv_backward(
         weight,
         [out_channels] if has_bias else None,
         *_geometry(conv),
-        [True, True, has_bias],
+        [input_grad, True, has_bias],
     )
-    return grad_x, grad_w, grad_b if has_bias else None
+    return (grad_x if input_grad else None), grad_w, (grad_b if has_bias else None)

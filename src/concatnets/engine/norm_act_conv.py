@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
+from concatnets.engine.layout import layout_of
 from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
 
@@ -33,41 +35,55 @@ __all__ = ["NormActPart", "norm_act_conv", "normalize_parts"]
 class NormActPart:
     """One part of the concatenation a convolution reads.
 
-    The part's value is ``relu(bn(x))`` (cropped when ``crop`` is set), or, with
-    ``then_conv``, ``then_conv(relu(bn(x)))``: a U-Net decoder's up-convolution, whose
-    output is then recomputed in backward instead of stored.
+    The part's value is ``relu(bn(x))``, where ``x`` is ``tensor`` or, with
+    ``source_conv``, ``source_conv(tensor)``; then, when set, cropped (``crop``),
+    max-pooled (``pool``) and convolved (``then_conv``): a U-Net's first convolution
+    (cheap to recompute from the image), a valid U-Net's skip crop, the encoder's pooling
+    to the next level and the decoder's up-convolution. None of these results is stored;
+    backward rebuilds them from ``tensor`` and the statistics.
 
     Attributes:
-        tensor: The part before normalisation ``(N, C_i, *spatial_i)``.
+        tensor: The part's stored input ``(N, C_i, *spatial_i)``.
         norm: Its batch norm, or None for no normalisation.
-        stats: Statistics from ``norm_stats(norm, tensor)`` (None when ``norm`` is None).
+        stats: Statistics of the normalisation's input (None when ``norm`` is None).
         activation: Whether ReLU follows the normalisation.
+        source_conv: A convolution applied to ``tensor`` before the normalisation and
+            recomputed in backward; worth it only when ``tensor`` has few channels.
         crop: Spatial slices applied after normalisation (the valid U-Net's skip crop);
             statistics stay those of the whole tensor.
-        then_conv: A (transposed) convolution applied after the activation.
+        pool: Kernel (and stride) of a max pooling applied after the activation.
+        then_conv: A (transposed) convolution applied after the activation (and pooling).
         value: The activation ``relu(bn(x))`` (uncropped) if the caller already computed
             it, e.g. with the fused kernel that also found the statistics; used in forward
-            only, never saved.
+            only, never saved, and ignored when ``pool`` is set (the forward's pooling must
+            see exactly the activation backward recomputes, or the argmax could differ).
     """
 
     tensor: Tensor
     norm: _BatchNorm | None = None
     stats: NormStats | None = None
     activation: bool = True
+    source_conv: _ConvNd | None = None
     crop: tuple[slice, ...] | None = None
+    pool: int | None = None
     then_conv: _ConvNd | None = None
     value: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.norm is None) != (self.stats is None):
             raise ValueError("NormActPart needs stats exactly when it has a norm")
-        if self.crop is not None and self.then_conv is not None:
-            raise ValueError("NormActPart takes crop or then_conv, not both")
+        if self.crop is not None and (self.pool is not None or self.then_conv is not None):
+            raise ValueError("NormActPart takes crop, or pool and then_conv, not both")
+        if self.pool is not None and self.pool < 1:
+            raise ValueError(f"NormActPart pool must be a positive kernel size, got {self.pool}")
 
     @property
     def channels(self) -> int:
+        """Channels of the part's value (its share of the concatenation)."""
         if self.then_conv is not None:
             return int(self.then_conv.out_channels)
+        if self.source_conv is not None:
+            return int(self.source_conv.out_channels)
         return int(self.tensor.shape[1])
 
     def cropped(self, x: Tensor) -> Tensor:
@@ -83,116 +99,169 @@ class NormActPart:
         return replace(self, tensor=torch.empty_like(self.tensor, device="meta"), value=None)
 
     def tensors(self) -> tuple[Tensor | None, ...]:
-        """The part's autograd inputs: x, norm weight and bias, then_conv weight and bias."""
-        w, b = (None, None) if self.norm is None else (self.norm.weight, self.norm.bias)
-        conv = self.then_conv
-        cw, cb = (None, None) if conv is None else (conv.weight, conv.bias)
-        return (self.tensor, w, b, cw, cb)
+        """The part's autograd inputs, in :class:`_PartTensors` order."""
+
+        def weights(module: nn.Module | None) -> tuple[Tensor | None, Tensor | None]:
+            return (None, None) if module is None else (module.weight, module.bias)
+
+        return (
+            self.tensor,
+            *weights(self.source_conv),
+            *weights(self.norm),
+            *weights(self.then_conv),
+        )
 
 
-_TENSORS_PER_PART = 5
+class _PartTensors(NamedTuple):
+    """A part's tensors as saved for backward (None where the part lacks the stage)."""
+
+    x: Tensor
+    source_weight: Tensor | None
+    source_bias: Tensor | None
+    norm_weight: Tensor | None
+    norm_bias: Tensor | None
+    then_weight: Tensor | None
+    then_bias: Tensor | None
 
 
-def _activation(part: NormActPart, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
-    """``relu(bn(crop(x)))`` as a new contiguous tensor."""
+_TENSORS_PER_PART = len(_PartTensors._fields)
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def _part_tensors(params: Sequence[Tensor | None], index: int) -> _PartTensors:
+    return _PartTensors(*params[_TENSORS_PER_PART * index : _TENSORS_PER_PART * (index + 1)])
+
+
+def _normalized_input(part: NormActPart, t: _PartTensors) -> Tensor:
+    """The normalisation's input: ``tensor``, or ``source_conv(tensor)`` recomputed."""
+    if part.source_conv is None:
+        return t.x
+    assert t.source_weight is not None
+    return conv_forward(part.source_conv, t.x, t.source_weight, t.source_bias)
+
+
+def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
+    """``relu(bn(crop(x)))`` of the normalisation's input ``x``, as a new tensor."""
     x = part.cropped(x)
     if part.stats is not None:
-        return norm_act(x, w, b, part.stats, activation=part.activation)
-    y = x.clone(memory_format=torch.contiguous_format)
+        return norm_act(x, t.norm_weight, t.norm_bias, part.stats, activation=part.activation)
+    y = x.clone(memory_format=layout_of(x))
     return y.relu_() if part.activation else y
 
 
-def _value(part: NormActPart, tensors: Sequence[Tensor | None]) -> Tensor:
-    """The part's value as a new tensor (its activation, or then_conv of it)."""
-    x, w, b, cw, cb = tensors
-    assert x is not None
-    y = part.cropped(part.value) if part.value is not None else _activation(part, x, w, b)
+def _max_pool(y: Tensor, kernel: int) -> Tensor:
+    return _MAX_POOL[y.dim() - 2](y, kernel)
+
+
+def _then_conv(part: NormActPart, y: Tensor, t: _PartTensors) -> Tensor:
     if part.then_conv is None:
         return y
-    assert cw is not None
-    return conv_forward(part.then_conv, y, cw, cb)
+    assert t.then_weight is not None
+    return conv_forward(part.then_conv, y, t.then_weight, t.then_bias)
 
 
-def _write_part(part: NormActPart, tensors: Sequence[Tensor | None], out: Tensor) -> None:
+def _value(part: NormActPart, t: _PartTensors) -> Tensor:
+    """The part's value as a new tensor (or the caller's activation, uncopied)."""
+    if part.value is not None and part.pool is None:
+        y = part.cropped(part.value)
+    else:
+        y = _activation(part, _normalized_input(part, t), t)
+    if part.pool is not None:
+        y = _max_pool(y, part.pool)
+    return _then_conv(part, y, t)
+
+
+def _write_part(part: NormActPart, t: _PartTensors, out: Tensor) -> None:
     """Write the part's value into ``out`` (a channel slice of the buffer)."""
-    x, w, b = tensors[0], tensors[1], tensors[2]
-    assert x is not None
-    if part.then_conv is not None:
-        out.copy_(_value(part, tensors))
+    if _is_computed(part) or part.value is not None:
+        out.copy_(_value(part, t))
         return
-    if part.value is not None:
-        out.copy_(part.cropped(part.value))
-        return
-    cropped = part.cropped(x)
+    x = part.cropped(t.x)
     if part.stats is not None:
-        norm_act(cropped, w, b, part.stats, activation=part.activation, out=out)
+        norm_act(x, t.norm_weight, t.norm_bias, part.stats, activation=part.activation, out=out)
         return
-    out.copy_(cropped)
+    out.copy_(x)
     if part.activation:
         out.relu_()
 
 
-def _part_tensors(params: Sequence[Tensor | None], index: int) -> Sequence[Tensor | None]:
-    return params[_TENSORS_PER_PART * index : _TENSORS_PER_PART * (index + 1)]
+def _is_computed(part: NormActPart) -> bool:
+    """Whether the part's value must be computed before it is written."""
+    return any(s is not None for s in (part.source_conv, part.pool, part.then_conv))
 
 
 def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None]) -> Tensor:
     """The concatenation of the parts' values in one new buffer ``(N, sum C_i, *spatial)``."""
     first = _part_tensors(params, 0)
-    if len(parts) == 1 and parts[0].value is not None and parts[0].then_conv is None:
-        return parts[0].cropped(parts[0].value)  # already computed: no copy
-    if parts[0].then_conv is not None:
-        sample = _value(parts[0], first)
-    else:
-        assert first[0] is not None
-        sample = parts[0].cropped(first[0])
+    if len(parts) == 1:
+        return _value(parts[0], first)  # nothing to concatenate: no buffer, no copy
+    first_value = _value(parts[0], first) if _is_computed(parts[0]) else None
+    sample = first_value if first_value is not None else parts[0].cropped(first.x)
     total = sum(part.channels for part in parts)
-    out = sample.new_empty((sample.shape[0], total, *sample.shape[2:]))
+    out = torch.empty(
+        (sample.shape[0], total, *sample.shape[2:]),
+        dtype=sample.dtype,
+        device=sample.device,
+        memory_format=layout_of(sample),
+    )
     start = 0
     for index, part in enumerate(parts):
-        _write_part(part, _part_tensors(params, index), out.narrow(1, start, part.channels))
+        target = out.narrow(1, start, part.channels)
+        if index == 0 and first_value is not None:
+            target.copy_(first_value)
+        else:
+            _write_part(part, _part_tensors(params, index), target)
         start += part.channels
     return out
+
+
+def _pool_backward(grad_pooled: Tensor, y: Tensor, kernel: int) -> Tensor:
+    """Gradient of ``_max_pool(y, kernel)`` for ``y``; the pooling finds its argmax again."""
+    with torch.enable_grad():
+        y_leaf = y.detach().requires_grad_()
+        (grad_y,) = torch.autograd.grad(_max_pool(y_leaf, kernel), y_leaf, grad_pooled)
+    return grad_y
 
 
 def _part_backward(
     conv: _ConvNd,
     part: NormActPart,
-    tensors: Sequence[Tensor | None],
+    t: _PartTensors,
     grad_out: Tensor,
     weight: Tensor,
     channels: slice,
     grad_weight: Tensor,
+    needs_input_grad: bool,
 ) -> tuple[Tensor | None, ...]:
-    """Gradients of one part's five tensors; fills its slice of ``grad_weight``.
+    """Gradients of one part's tensors (in :class:`_PartTensors` order).
 
-    A convolution is a sum over input channels, so each part's input gradient and weight
+    Fills the part's slice of ``grad_weight`` (the gradient of ``conv``'s weight). A
+    convolution is a sum over input channels, so each part's input gradient and weight
     gradient need only that part's recomputed value: the concatenation is never rebuilt
-    at full width in backward.
+    at full width in backward. The stages run backward in reverse order: ``conv``,
+    ``then_conv``, ``pool``, ReLU, ``crop``, batch norm, ``source_conv``.
     """
-    x, w, b, cw, cb = tensors
-    assert x is not None
-    y = _activation(part, x, w, b)
-    value = y if part.then_conv is None else conv_forward(part.then_conv, y, cw, cb)  # type: ignore[arg-type]
+    x = _normalized_input(part, t)
+    y = _activation(part, x, t)
+    pooled = y if part.pool is None else _max_pool(y, part.pool)
+    value = _then_conv(part, pooled, t)
     in_dim = 0 if conv.transposed else 1  # transposed weights are (in, out, *kernel)
     part_weight = weight.narrow(in_dim, channels.start, channels.stop - channels.start)
     grad_value, grad_w, _ = conv_backward(conv, grad_out, value, part_weight, has_bias=False)
     assert grad_value is not None and grad_w is not None
     grad_weight.narrow(in_dim, channels.start, channels.stop - channels.start).copy_(grad_w)
     del grad_w, value
-    grad_cw = grad_cb = None
-    if part.then_conv is None:
-        grad_y = grad_value
-    else:
-        grad_y, grad_cw, grad_cb = conv_backward(
-            part.then_conv,
-            grad_value,
-            y,
-            cw,  # type: ignore[arg-type]
-            has_bias=cb is not None,
+    grad_then_w = grad_then_b = None
+    grad_pooled = grad_value
+    if part.then_conv is not None:
+        assert t.then_weight is not None
+        grad_pooled, grad_then_w, grad_then_b = conv_backward(
+            part.then_conv, grad_value, pooled, t.then_weight, has_bias=t.then_bias is not None
         )
-        assert grad_y is not None
-    del grad_value
+        assert grad_pooled is not None
+    del grad_value, pooled
+    grad_y = grad_pooled if part.pool is None else _pool_backward(grad_pooled, y, part.pool)
+    del grad_pooled
     if part.activation:
         relu_backward_(grad_y, y)
     del y
@@ -202,10 +271,32 @@ def _part_backward(
         full = torch.zeros_like(x)
         part.cropped(full).copy_(grad_y)
         grad_y = full
-    if part.stats is None:
-        return grad_y, None, None, grad_cw, grad_cb
-    grad_x, grad_w_norm, grad_b_norm = norm_act_backward(grad_y, x, w, part.stats)
-    return grad_x, grad_w_norm, grad_b_norm, grad_cw, grad_cb
+    grad_norm_w = grad_norm_b = None
+    grad_x = grad_y
+    if part.stats is not None:
+        grad_x, grad_norm_w, grad_norm_b = norm_act_backward(grad_y, x, t.norm_weight, part.stats)
+    del grad_y
+    grad_source_w = grad_source_b = None
+    if part.source_conv is not None:
+        assert t.source_weight is not None
+        del x
+        grad_x, grad_source_w, grad_source_b = conv_backward(
+            part.source_conv,
+            grad_x,
+            t.x,
+            t.source_weight,
+            has_bias=t.source_bias is not None,
+            input_grad=needs_input_grad,
+        )
+    return (
+        grad_x,
+        grad_source_w,
+        grad_source_b,
+        grad_norm_w,
+        grad_norm_b,
+        grad_then_w,
+        grad_then_b,
+    )
 
 
 class _NormActConvFunction(torch.autograd.Function):
@@ -235,6 +326,8 @@ class _NormActConvFunction(torch.autograd.Function):
         grads: list[Tensor | None] = []
         start = 0
         for index, part in enumerate(parts):
+            # ctx.needs_input_grad counts conv and parts, then the tensors.
+            needs_input_grad = ctx.needs_input_grad[2 + _TENSORS_PER_PART * index]
             grads.extend(
                 _part_backward(
                     ctx.conv,
@@ -244,6 +337,7 @@ class _NormActConvFunction(torch.autograd.Function):
                     weight,
                     slice(start, start + part.channels),
                     grad_weight,
+                    needs_input_grad,
                 )
             )
             start += part.channels

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from concatnets.engine.layout import layout_of
+
 __all__ = [
     "NormStats",
     "batch_moments",
@@ -147,7 +149,7 @@ def norm_act(
     shift = -stats.mean * scale if bias is None else bias - stats.mean * scale
     view = (-1,) + (1,) * (x.dim() - 2)
     if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout_of(x))
     torch.addcmul(shift.view(view), x, scale.view(view), out=out)
     return out.relu_() if activation else out
 

@@ -7,7 +7,8 @@ are recomputed from the saved statistics, and running statistics are updated onc
 decoder's first convolution reads the concatenation ``[skip, up]`` as two parts written
 straight into one transient buffer: the encoder's normalised skip map (centre-cropped
 for valid padding) and the upsampled map; no ``torch.cat`` copy is made or stored. The
-pooling to the next level recomputes its input too (:func:`concatnets.engine.norm_act_pool`).
+next encoder level's first convolution reads ``max_pool(relu(bn(z)))`` as a pooled part,
+so the pooled map is not stored either.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
-from concatnets.engine import NormActPart, norm_act_conv, norm_act_pool
+from concatnets.engine import NormActPart, norm_act_conv
+from concatnets.engine.layout import preferred_layout, to_layout
 from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import norm_act_forward
 from concatnets.ops import crop_slices
@@ -44,9 +47,24 @@ def _activated(norm: nn.Module, z: Tensor) -> NormActPart:
     return NormActPart(z)  # nn.Identity: ReLU only
 
 
+def _first_conv(block: ConvBlock, image: Tensor) -> NormActPart:
+    """``relu(norm1(conv1(image)))`` keeping only the image: conv1 is recomputed in backward.
+
+    The image has few channels, so recomputing the first convolution costs little time
+    and saves storing its full-resolution output (the largest map of the network).
+    """
+    with torch.no_grad():
+        z1 = block.conv1(image)
+    return replace(_activated(block.norm1, z1), tensor=image, source_conv=block.conv1)
+
+
 def _conv_block(block: ConvBlock, inputs: Tensor | Sequence[NormActPart]) -> NormActPart:
-    z1 = block.conv1(inputs) if isinstance(inputs, Tensor) else norm_act_conv(inputs, block.conv1)
-    z2 = norm_act_conv([_activated(block.norm1, z1)], block.conv2)
+    """``relu(norm2(conv2(relu(norm1(conv1(inputs))))))`` as a part (see module docstring)."""
+    if isinstance(inputs, Tensor):
+        first = _first_conv(block, inputs)
+    else:
+        first = _activated(block.norm1, norm_act_conv(inputs, block.conv1))
+    z2 = norm_act_conv([first], block.conv2)
     return _activated(block.norm2, z2)
 
 
@@ -70,12 +88,15 @@ def forward_memory_efficient(model: UNet, x: Tensor) -> Tensor:
 
 
 def _forward(model: UNet, x: Tensor) -> Tensor:
+    x = to_layout(x, preferred_layout(x))
     skips: list[NormActPart] = []
+    inputs: Tensor | list[NormActPart] = x
     for block in model.encoder:
-        level = _conv_block(block, x)  # relu(bn(z)) of (N, features * 2**l, *spatial_l)
-        x = norm_act_pool(level, 2)  # (N, features * 2**l, *spatial_l / 2)
+        level = _conv_block(block, inputs)  # relu(bn(z)) of (N, features * 2**l, *spatial_l)
+        # The next level reads max_pool(level), recomputed in backward rather than stored.
+        inputs = [replace(level, pool=2, value=None)]
         skips.append(replace(level, value=None))  # recomputed when the decoder needs it
-    below = _conv_block(model.bottleneck, x)
+    below = _conv_block(model.bottleneck, inputs)
     for up_block, skip in zip(model.decoder, reversed(skips), strict=True):
         up = _upsampled(up_block.up, below)  # (N, C, *2 * spatial)
         have = tuple(skip.tensor.shape[2:])
@@ -83,4 +104,5 @@ def _forward(model: UNet, x: Tensor) -> Tensor:
         if have != want:  # valid padding: the paper's centre crop of the skip map
             skip = replace(skip, crop=crop_slices(have, want))
         below = _conv_block(up_block.block, [skip, up])
-    return norm_act_conv([below], model.head)  # (N, num_classes, *spatial_out)
+    logits = norm_act_conv([below], model.head)  # (N, num_classes, *spatial_out)
+    return logits.contiguous()
