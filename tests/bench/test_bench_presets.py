@@ -79,3 +79,21 @@ def test_unet_rows_never_run_a_checkpoint_mode() -> None:
     ]
     assert notes == ["unet: the unet family has no 'checkpoint' mode; skipped"]
     assert family_modes(rows, ("naive",))[1] == []
+
+
+def test_targets_preset_adds_a_channels_last_unet_pair() -> None:
+    row = _rows("targets")["unet (channels-last)"]
+    assert row.channels_last and (row.batch, row.image_size) == (4, 256)
+    plan = build_plan(family_modes([row])[0], PlanSettings())
+    assert [(c.mode, c.channels_last) for c in plan] == [("naive", True), ("efficient", True)]
+
+
+def test_channels_last_setting_labels_rows_and_keeps_them_apart() -> None:
+    from concatnets.bench.config import comparison_key
+
+    rows = [Row("densenet_bc_100", batch=2, image_size=8)]
+    default = build_plan(rows, PlanSettings(modes=("naive",)))
+    layout = build_plan(rows, PlanSettings(modes=("naive",), channels_last=True))
+    assert layout[0].label == "densenet_bc_100 (channels-last)" and layout[0].channels_last
+    # Each is compared with the naive row of its own layout, never across layouts.
+    assert comparison_key(default[0]) != comparison_key(layout[0])

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from concatnets.bench.config import BenchConfig
 from concatnets.bench.interleaved import measure_interleaved
@@ -36,3 +37,18 @@ def test_cli_skips_unsupported_modes_and_writes_json(
     assert list(result["modes"]) == ["naive", "efficient"]
     assert result["unsupported"] == ["checkpoint"]
     assert "checkpoint: not supported" in capsys.readouterr().out
+
+
+def test_channels_last_runs_every_mode_in_that_layout() -> None:
+    from concatnets.bench.memory import _make_batch, prepare_model
+
+    config = BenchConfig(
+        "unet", "naive", 2, 16, model_kwargs={"depth": 2, "features": 4}, channels_last=True
+    )
+    model = prepare_model(config, torch.device("cpu"))
+    weight = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    inputs, _, _ = _make_batch(model, config, torch.device("cpu"))
+    assert inputs.is_contiguous(memory_format=torch.channels_last)
+    result = measure_interleaved(config, ["efficient"], rounds=1, warmup=0)
+    assert result["channels_last"] and list(result["modes"]) == ["naive", "efficient"]

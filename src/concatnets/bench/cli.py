@@ -130,6 +130,11 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--threads", type=int, help="torch.set_num_threads in every child (default: torch's)"
     )
     how.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model and input in the channels-last memory format, in every mode",
+    )
+    how.add_argument(
         "--allocator",
         choices=sorted(ALLOCATOR_SETTINGS),
         default="fixed",
@@ -262,6 +267,7 @@ def run_memory(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         batch=args.batch,
         image_size=args.image_size,
+        channels_last=args.channels_last,
     )
     plan = build_plan(rows, settings, torchvision=use_torchvision)
     env = child_environment(args.allocator)

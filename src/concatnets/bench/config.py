@@ -47,6 +47,9 @@ class BenchConfig:
         source: ``concatnets`` (registry) or ``torchvision``.
         builder: Optional ``"module:callable"`` used instead of the registry, for
             benchmarking a model defined outside concatnets.
+        channels_last: Convert the model and the input to the channels-last memory
+            format, as a plain PyTorch user can (``model.to(memory_format=...)``); a
+            fairer reference for the efficient U-Net, which computes in channels-last.
     """
 
     model: str
@@ -63,6 +66,7 @@ class BenchConfig:
     depth: int | None = None
     source: str = "concatnets"
     builder: str | None = None
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         known = MODE_VALUES if self.source == "concatnets" else TORCHVISION_MODES
@@ -78,7 +82,8 @@ class BenchConfig:
         if self.steps < 1 or self.warmup < 0:
             raise ValueError("steps must be >= 1 and warmup >= 0")
         if not self.label:
-            object.__setattr__(self, "label", self.model)
+            suffix = " (channels-last)" if self.channels_last else ""
+            object.__setattr__(self, "label", self.model + suffix)
 
     @property
     def memory_efficient(self) -> bool | str:
@@ -111,4 +116,5 @@ def comparison_key(config: BenchConfig) -> tuple[Any, ...]:
         config.batch,
         config.image_size,
         config.device,
+        config.channels_last,
     )

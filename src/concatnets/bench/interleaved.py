@@ -20,7 +20,12 @@ from typing import Any
 import torch
 
 from concatnets.bench.config import MODE_VALUES, BenchConfig
-from concatnets.bench.memory import UnsupportedModeError, _make_batch, _train_step, build_model
+from concatnets.bench.memory import (
+    UnsupportedModeError,
+    _make_batch,
+    _train_step,
+    prepare_model,
+)
 
 __all__ = ["add_time_parser", "measure_interleaved", "run_time"]
 
@@ -44,7 +49,7 @@ def measure_interleaved(
     for mode in ["naive", *[m for m in modes if m != "naive"]]:
         torch.manual_seed(0)
         try:
-            models[mode] = build_model(replace(config, mode=mode)).to(device).train()
+            models[mode] = prepare_model(replace(config, mode=mode), device)
         except UnsupportedModeError:
             unsupported.append(mode)
     modes = list(models)
@@ -84,6 +89,7 @@ def measure_interleaved(
         "model": config.model,
         "batch": config.batch,
         "image_size": config.image_size,
+        "channels_last": config.channels_last,
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "warmup": warmup,
@@ -110,6 +116,11 @@ def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model and input in the channels-last memory format (every mode)",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     parser.set_defaults(func=run_time)
     return parser
@@ -127,11 +138,13 @@ def run_time(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         device=args.device,
         threads=args.threads,
+        channels_last=args.channels_last,
     )
     result = measure_interleaved(config, modes, args.rounds, args.warmup)
     print(
         f"{result['model']} batch {result['batch']} {result['image_size']}px, "
         f"{result['threads']} thread(s), {result['rounds']} interleaved rounds"
+        + (", channels-last" if result["channels_last"] else "")
     )
     print("| mode | median step s | time x naive | median per-round ratio |")
     print("|---|---:|---:|---:|")

@@ -36,6 +36,7 @@ __all__ = [
     "UnsupportedModeError",
     "build_model",
     "measure",
+    "prepare_model",
 ]
 
 # Plain SGD without momentum, written out: a real update with no optimizer state that
@@ -85,6 +86,24 @@ def build_model(config: BenchConfig) -> nn.Module:
         ) from error
 
 
+def _channels_last(rank: int) -> torch.memory_format:
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    if rank not in formats:
+        raise ValueError(
+            f"channels-last needs a 2-D or 3-D model (4-D or 5-D input), got a {rank}-D input"
+        )
+    return formats[rank]
+
+
+def prepare_model(config: BenchConfig, device: torch.device) -> nn.Module:
+    """The configured model on ``device`` in training mode, in channels-last if asked."""
+    model = build_model(config).to(device).train()
+    if config.channels_last:
+        rank = len(_first_conv(model).kernel_size) + 2
+        model = model.to(memory_format=_channels_last(rank))
+    return model
+
+
 def _first_conv(model: nn.Module) -> nn.modules.conv._ConvNd:
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
@@ -123,6 +142,8 @@ def _make_batch(
     conv = _first_conv(model)
     spatial = (config.image_size,) * len(conv.kernel_size)
     inputs = torch.randn(config.batch, conv.in_channels, *spatial, device=device)
+    if config.channels_last:
+        inputs = inputs.contiguous(memory_format=_channels_last(inputs.dim()))
     # Two samples, not one: batch norm in training mode needs more than one value
     # per channel when the last feature map is 1x1.
     output_shape = _prime(model, inputs[:PRIMING_BATCH])
@@ -245,7 +266,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
     torch.manual_seed(0)
     device = torch.device(config.device)
 
-    model = build_model(config).to(device).train()
+    model = prepare_model(config, device)
     inputs, target, task = _make_batch(model, config, device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     gc.collect()
@@ -306,5 +327,6 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         ),
         "priming": f"forward + backward at batch {PRIMING_BATCH}, no update",
         "optimizer": f"SGD update p -= {LEARNING_RATE} * grad, then grad = None",
+        "channels_last": config.channels_last,
         "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }

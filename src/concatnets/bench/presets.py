@@ -54,6 +54,7 @@ class Row:
         modes: Modes this row is limited to; ``None`` means every requested mode.
         steps: Timed steps.
         warmup: Warm-up steps.
+        channels_last: Model and input in the channels-last memory format.
     """
 
     model: str
@@ -66,6 +67,7 @@ class Row:
     modes: tuple[str, ...] | None = None
     steps: int = 3
     warmup: int = 1
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class PlanSettings:
         warmup: Override of every row's warm-up steps.
         batch: Override of every row's batch size.
         image_size: Override of every row's input size.
+        channels_last: Run every row in the channels-last memory format.
     """
 
     modes: tuple[str, ...] = tuple(MODE_VALUES)
@@ -89,6 +92,7 @@ class PlanSettings:
     warmup: int | None = None
     batch: int | None = None
     image_size: int | None = None
+    channels_last: bool = False
 
 
 def sweep_rows(
@@ -134,6 +138,16 @@ def _targets() -> list[Row]:
         Row("densenet_bc_100", batch=64, image_size=32, group="targets"),
         Row("densenet121", batch=8, image_size=224, group="targets"),
         Row("unet", batch=4, image_size=256, group="targets"),
+        # The efficient U-Net computes in channels-last on CPU; this pair shows how much of
+        # its gain a plain model gets from the layout alone.
+        Row(
+            "unet",
+            batch=4,
+            image_size=256,
+            group="targets",
+            label="unet (channels-last)",
+            channels_last=True,
+        ),
     ]
 
 
@@ -210,6 +224,8 @@ def build_plan(
         tv_modes = (
             list(TORCHVISION_MODES) if torchvision and row.model == _TORCHVISION_MODEL else []
         )
+        channels_last = row.channels_last or settings.channels_last
+        suffix = " (channels-last)" if channels_last and not row.channels_last else ""
         for mode in modes + tv_modes:
             plan.append(
                 BenchConfig(
@@ -223,9 +239,10 @@ def build_plan(
                     threads=settings.threads,
                     model_kwargs=dict(row.model_kwargs),
                     group=row.group,
-                    label=row.label or row.model,
+                    label=(row.label or row.model) + suffix,
                     depth=row.depth,
                     source="torchvision" if mode in TORCHVISION_MODES else "concatnets",
+                    channels_last=channels_last,
                 )
             )
     return plan
