@@ -156,3 +156,24 @@ def test_efficient_path_keeps_only_convolution_outputs() -> None:
         ]
     )
     assert saved_activation_shapes(efficient, x) == expected
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_gradcheck_of_the_efficient_path(padding: str) -> None:
+    torch.manual_seed(0)
+    model = UNet(
+        in_channels=1, num_classes=2, depth=1, features=2, padding=padding, memory_efficient=True
+    ).double()
+    size = 7 if padding == "same" else 18  # odd size for same padding: pad and crop back
+    x = torch.randn(2, 1, size, size, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(model, (x,), fast_mode=True)
+
+
+def test_torch_compile_runs_the_efficient_path() -> None:
+    naive, efficient = pair()
+    compiled = torch.compile(efficient, backend="eager")
+    x = torch.randn(2, 2, 16, 16, dtype=torch.float64)
+    weighted_loss(compiled(x)).backward()
+    weighted_loss(naive(x)).backward()
+    for (name, a), b in zip(naive.named_parameters(), efficient.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
