@@ -3,7 +3,9 @@ same-padded ones; references are whole-image inference computed independently.""
 
 from __future__ import annotations
 
+import io
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -203,3 +205,20 @@ def test_same_tiling_errors() -> None:
         predict_tiled(model, image, tile_size=16, blend="max")
     with pytest.raises(ValueError, match=r"image must be \(N, C, H, W\)"):
         predict_tiled(model, image[0], tile_size=16)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "shown"), [(io.StringIO, False), (_Terminal, True)])
+def test_progress_bar_is_shown_only_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, stream: type[io.StringIO], shown: bool
+) -> None:
+    """Logs and pipes get no bar redraws; a terminal gets the bar."""
+    err = stream()
+    monkeypatch.setattr(sys, "stderr", err)
+    model = eval_unet(padding="same", depth=2)
+    predict_tiled(model, torch.randn(1, 1, 40, 40), tile_size=16, progress=True)
+    assert ("tiles" in err.getvalue()) is shown

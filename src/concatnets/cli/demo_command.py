@@ -226,7 +226,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="image side of the comparison (default: 128)",
     )
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bars, shown when stderr is a terminal",
     )
     parser.set_defaults(func=run)
     return parser

@@ -243,7 +243,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--overlays", type=int, default=4, help="overlay PNGs to write (default: 4)"
     )
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar, shown when stderr is a terminal",
     )
     parser.set_defaults(func=run)
     return parser

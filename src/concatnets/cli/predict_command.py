@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     for path, stem in tqdm(
         list(zip(files, _unique_stems(files), strict=True)),
         desc="predict",
-        disable=not args.progress or len(files) < 2,
+        disable=None if args.progress and len(files) > 1 else True,  # None: on a terminal
     ):
         image = read_image(path)
         logits = predict_logits(
@@ -254,7 +254,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar, shown when stderr is a terminal",
     )
     parser.set_defaults(func=run)
     return parser

@@ -267,7 +267,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=s,
-        help="progress bars (default: on)",
+        help="progress bars, shown when stderr is a terminal (default: on)",
     )
 
 

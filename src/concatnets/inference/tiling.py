@@ -205,7 +205,7 @@ def predict_tiled(
             quarter of the tile). Must be ``None`` for valid models, whose overlap is
             fixed by their border.
         batch_size: Tiles per forward pass.
-        progress: Show a tqdm progress bar over batches.
+        progress: Show a tqdm progress bar over batches (when stderr is a terminal).
         blend: ``"gaussian"``, ``"linear"`` or ``"constant"`` tile weights (same padding).
 
     Returns:
@@ -265,7 +265,7 @@ def predict_tiled(
     with torch.no_grad():
         batches = _chunks(jobs, batch_size)
         total = math.ceil(len(jobs) / batch_size)
-        for batch in tqdm(batches, total=total, desc="tiles", disable=not progress):
+        for batch in tqdm(batches, total=total, desc="tiles", disable=None if progress else True):
             crops = [
                 source[(n, slice(None), *_window(origin, tile_lengths))] for n, origin in batch
             ]

@@ -95,7 +95,7 @@ class TrainConfig:
     output: str | None = None  # run folder; None: runs/<model>-<time>
     keep_epochs: int = 0  # also keep the last N per-epoch checkpoints (epoch-NNNN)
     overlays: int = 4  # validation overlay PNGs written at the end
-    progress: bool = True  # tqdm progress bars
+    progress: bool = True  # tqdm progress bars, shown when stderr is a terminal
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -94,7 +94,9 @@ def evaluate_model(
     accumulator = MetricAccumulator(task, class_names, device)
     loss_sum, seen = 0.0, 0
     with _eval_mode(model):
-        for batch in tqdm(loader, desc=description, leave=False, disable=not progress):
+        for batch in tqdm(
+            loader, desc=description, leave=False, disable=None if progress else True
+        ):
             batch = to_device(batch, device)
             with autocast(device, bf16):
                 logits = model(batch["image"])

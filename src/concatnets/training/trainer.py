@@ -505,7 +505,7 @@ class Trainer:
             initial=first_step,
             desc=f"epoch {epoch}/{epochs}",
             leave=False,
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: only on a terminal
             dynamic_ncols=True,
         )
         batches = iter(self.train_loader)
