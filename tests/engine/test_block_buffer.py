@@ -1,19 +1,17 @@
-"""The engine's dense block equals the naive DenseNet block (Pleiss et al. 2017)."""
+"""The dense block engine (one shared buffer per block) equals the naive dense block."""
 
 from __future__ import annotations
 
 import copy
-import importlib
 
 import pytest
 import torch
 from torch import nn
 
-from concatnets.engine import dense_block
+from concatnets.engine import block_buffer, dense_block
 from concatnets.models.densenet import _DenseBlock
 
 # The package exports a function of the same name; fetch the module itself.
-dense_block_module = importlib.import_module("concatnets.engine.dense_block")
 
 
 def make_block(
@@ -49,7 +47,7 @@ def assert_same_state(a: nn.Module, b: nn.Module, tol: float) -> None:
 def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run with the whole layer input in one chunk, and split into 8-channel chunks."""
     if request.param == "many-chunks":
-        monkeypatch.setattr(dense_block_module, "_CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(block_buffer, "_CHUNK_ELEMENTS", 1)
 
 
 @pytest.mark.usefixtures("chunking")
