@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ def test_train_classification_on_builtin_shapes(tmp_path):
     assert metadata["class_names"] == ["circle", "square", "triangle"]
 
 
-def test_train_classification_on_class_folders(tmp_path, capsys):
+def test_train_classification_on_class_folders(tmp_path, capsys, monkeypatch):
     data = tmp_path / "classes"
     rng = np.random.default_rng(0)
     for name, level in (("dark", 30), ("light", 220)):
@@ -99,6 +100,7 @@ def test_train_classification_on_class_folders(tmp_path, capsys):
             Image.fromarray(pixels).save(data / name / f"{index}.png")
     run = tmp_path / "run"
     args = ["train", *DENSENET_TINY, "--data", str(data), *FAST, "--output", str(run)]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are drawn on terminals
     assert main([*args, "--progress"]) == 0  # the progress bars run too
     assert "epoch 1/1" in capsys.readouterr().err
     metadata = json.loads((run / "last.json").read_text())["metadata"]

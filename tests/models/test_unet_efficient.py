@@ -18,14 +18,24 @@ CASES = [
     pytest.param(2, "none", "interpolate", "same", (16, 16), id="2d-none-interp"),
     pytest.param(3, "batch", "transpose", "same", (9, 11, 13), id="3d-batch-same"),
     pytest.param(3, "none", "interpolate", "same", (8, 8, 8), id="3d-none-interp"),
+    pytest.param(2, "instance", "transpose", "same", (15, 18), id="2d-instance-same"),
+    pytest.param(2, "group", "interpolate", "valid", (44, 44), id="2d-group-valid"),
+    pytest.param(3, "instance", "transpose", "same", (7, 9, 8), id="3d-instance-same"),
+    pytest.param(3, "group", "transpose", "same", (8, 8, 8), id="3d-group-same"),
 ]
+
+AFFINE_NORMS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 def pair(**config: object) -> tuple[UNet, UNet]:
     torch.manual_seed(0)
     naive = UNet(in_channels=2, num_classes=3, depth=2, features=4, **config).double()  # type: ignore[arg-type]
     for module in naive.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, AFFINE_NORMS):
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.2, 0.2)
     efficient = copy.deepcopy(naive)
@@ -90,10 +100,11 @@ def test_efficient_path_makes_no_cat_copy(monkeypatch: pytest.MonkeyPatch) -> No
     weighted_loss(efficient(torch.randn(1, 2, 16, 16, dtype=torch.float64))).backward()
 
 
-@pytest.mark.parametrize("norm", ["instance", "group"])
-def test_efficient_refuses_norms_it_cannot_recompute(norm: str) -> None:
-    with pytest.raises(ValueError, match="memory_efficient=False"):
-        UNet(features=4, depth=2, normalization=norm, memory_efficient=True)
+def test_instance_norm_with_running_statistics_is_refused_with_the_fix() -> None:
+    model = UNet(features=4, depth=1, normalization="instance", memory_efficient=True)
+    model.encoder[0].norm1 = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        model(torch.randn(2, 1, 8, 8))
 
 
 def test_checkpoint_mode_is_refused() -> None:

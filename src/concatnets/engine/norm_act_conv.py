@@ -6,9 +6,10 @@ parts' inputs ``x_i`` (already kept for other reasons) and per-channel statistic
 saved; the normalised, rectified concatenation is written into one transient buffer in
 forward and rebuilt in backward (Pleiss et al. 2017, arXiv 1707.06990). Batch statistics
 come from :func:`concatnets.engine.stats.norm_stats`, which updates running statistics once;
-two consumers of one normalised tensor (a U-Net skip and its pooling path) each add their
-share of the gradient, which is exact because batch-norm backward is linear in the output
-gradient.
+group and instance norm keep per-sample statistics (:mod:`concatnets.engine.group_stats`).
+Two consumers of one normalised tensor (a U-Net skip and its pooling path) each add their
+share of the gradient, which is exact because normalisation backward is linear in the
+output gradient.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
+from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
 from concatnets.engine.layout import layout_of
 from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
@@ -44,8 +45,9 @@ class NormActPart:
 
     Attributes:
         tensor: The part's stored input ``(N, C_i, *spatial_i)``.
-        norm: Its batch norm, or None for no normalisation.
-        stats: Statistics of the normalisation's input (None when ``norm`` is None).
+        norm: Its batch, group or instance norm, or None for no normalisation.
+        stats: Statistics of the normalisation's input: :class:`NormStats` for batch
+            norm, :class:`GroupStats` for group/instance norm, None without ``norm``.
         activation: Whether ReLU follows the normalisation.
         source_conv: A convolution applied to ``tensor`` before the normalisation and
             recomputed in backward; worth it only when ``tensor`` has few channels.
@@ -60,8 +62,8 @@ class NormActPart:
     """
 
     tensor: Tensor
-    norm: _BatchNorm | None = None
-    stats: NormStats | None = None
+    norm: nn.Module | None = None
+    stats: NormStats | GroupStats | None = None
     activation: bool = True
     source_conv: _ConvNd | None = None
     crop: tuple[slice, ...] | None = None
@@ -140,11 +142,24 @@ def _normalized_input(part: NormActPart, t: _PartTensors) -> Tensor:
     return conv_forward(part.source_conv, t.x, t.source_weight, t.source_bias)
 
 
+def _normalize(part: NormActPart, x: Tensor, t: _PartTensors, out: Tensor | None = None) -> Tensor:
+    """``relu(norm(x))`` from the part's saved statistics, into ``out`` or a new tensor."""
+    apply = group_norm_act if isinstance(part.stats, GroupStats) else norm_act
+    return apply(
+        x,
+        t.norm_weight,
+        t.norm_bias,
+        part.stats,  # type: ignore[arg-type]
+        activation=part.activation,
+        out=out,
+    )
+
+
 def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
     """``relu(bn(crop(x)))`` of the normalisation's input ``x``, as a new tensor."""
     x = part.cropped(x)
     if part.stats is not None:
-        return norm_act(x, t.norm_weight, t.norm_bias, part.stats, activation=part.activation)
+        return _normalize(part, x, t)
     y = x.clone(memory_format=layout_of(x))
     return y.relu_() if part.activation else y
 
@@ -178,7 +193,7 @@ def _write_part(part: NormActPart, t: _PartTensors, out: Tensor) -> None:
         return
     x = part.cropped(t.x)
     if part.stats is not None:
-        norm_act(x, t.norm_weight, t.norm_bias, part.stats, activation=part.activation, out=out)
+        _normalize(part, x, t, out=out)
         return
     out.copy_(x)
     if part.activation:
@@ -274,7 +289,8 @@ def _part_backward(
     grad_norm_w = grad_norm_b = None
     grad_x = grad_y
     if part.stats is not None:
-        grad_x, grad_norm_w, grad_norm_b = norm_act_backward(grad_y, x, t.norm_weight, part.stats)
+        backward = group_norm_backward if isinstance(part.stats, GroupStats) else norm_act_backward
+        grad_x, grad_norm_w, grad_norm_b = backward(grad_y, x, t.norm_weight, part.stats)  # type: ignore[arg-type]
     del grad_y
     grad_source_w = grad_source_b = None
     if part.source_conv is not None:

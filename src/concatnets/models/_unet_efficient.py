@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from concatnets.engine import NormActPart, norm_act_conv
+from concatnets.engine.group_stats import group_norm_forward, is_group_norm
 from concatnets.engine.layout import preferred_layout, to_layout
 from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import norm_act_forward
@@ -29,21 +30,21 @@ from concatnets.ops import crop_slices
 if TYPE_CHECKING:
     from concatnets.models.unet import ConvBlock, UNet
 
-__all__ = ["EFFICIENT_NORMALIZATIONS", "forward_memory_efficient"]
-
-# Normalisations the engine recomputes from saved statistics.
-EFFICIENT_NORMALIZATIONS = ("batch", "none")
+__all__ = ["forward_memory_efficient"]
 
 
 def _activated(norm: nn.Module, z: Tensor) -> NormActPart:
-    """``relu(norm(z))`` as a part, computing batch statistics (and running stats) once.
+    """``relu(norm(z))`` as a part, computing its statistics (and running stats) once.
 
-    The fused batch-norm kernel that finds the statistics also gives the activation, which
-    the part's first consumer uses in forward instead of normalising again.
+    The fused normalisation kernel that finds the statistics also gives the activation,
+    which the part's first consumer uses in forward instead of normalising again.
     """
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):
         value, stats = norm_act_forward(norm, z, norm.weight, norm.bias)
         return NormActPart(z, norm, stats, value=value)
+    if is_group_norm(norm):  # group and instance norm: per-sample statistics
+        value, group_stats = group_norm_forward(norm, z, norm.weight, norm.bias)
+        return NormActPart(z, norm, group_stats, value=value)
     return NormActPart(z)  # nn.Identity: ReLU only
 
 

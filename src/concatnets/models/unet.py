@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from concatnets.models._registry import register_model
-from concatnets.models._unet_efficient import EFFICIENT_NORMALIZATIONS, forward_memory_efficient
+from concatnets.models._unet_efficient import forward_memory_efficient
 from concatnets.models._unet_sizes import (
     check_valid_input_size,
     nearest_valid_input_sizes,
@@ -251,11 +251,6 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet memory_efficient must be True or False, got {memory_efficient!r} "
                 "(U-Net has no 'checkpoint' mode)"
-            )
-        if memory_efficient and normalization not in EFFICIENT_NORMALIZATIONS:
-            raise ValueError(
-                f"memory_efficient=True supports normalization 'batch' or 'none', got "
-                f"{normalization!r}; use memory_efficient=False with {normalization!r} norm"
             )
 
         self.spatial_dims = spatial_dims

@@ -1,0 +1,129 @@
+"""Group and instance normalisation from per-sample statistics computed once.
+
+Group normalisation (Wu & He 2018, arXiv 1803.08494) normalises each sample's channel
+groups with that sample's own mean and variance; instance normalisation is the case of
+one channel per group. Neither keeps running statistics, so training and evaluation
+behave alike. As with batch norm (:mod:`concatnets.engine.stats`), the forward keeps only
+``mean`` and ``invstd`` per (sample, group), and backward rebuilds the normalised
+activation elementwise and calls the native backward kernel plain autograd uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from concatnets.engine.layout import layout_of
+
+__all__ = [
+    "GroupStats",
+    "group_norm_act",
+    "group_norm_backward",
+    "group_norm_forward",
+    "group_norm_groups",
+    "is_group_norm",
+]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Per-sample, per-group statistics of one group-norm application.
+
+    Attributes:
+        mean: ``(N, G)`` means.
+        invstd: ``(N, G)`` values of ``1 / sqrt(var + eps)``.
+        groups: Number of channel groups ``G``.
+    """
+
+    mean: Tensor
+    invstd: Tensor
+    groups: int
+
+
+def is_group_norm(module: nn.Module) -> bool:
+    """Whether ``module`` normalises with per-sample group statistics."""
+    return isinstance(module, (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm))
+
+
+def group_norm_groups(module: nn.Module) -> int:
+    """The number of groups of a GroupNorm, or one group per channel for InstanceNorm.
+
+    Raises:
+        ValueError: For an InstanceNorm with running statistics, which it uses in eval
+            mode instead of per-sample statistics.
+    """
+    if isinstance(module, nn.GroupNorm):
+        return int(module.num_groups)
+    assert isinstance(module, nn.modules.instancenorm._InstanceNorm)
+    if module.track_running_stats:
+        raise ValueError(
+            f"{type(module).__name__}(track_running_stats=True) is not supported by the "
+            "memory engine; build it with track_running_stats=False (the default)"
+        )
+    return int(module.num_features)
+
+
+def _sizes(x: Tensor) -> tuple[int, int, int]:
+    return x.shape[0], x.shape[1], x[0, 0].numel()
+
+
+@torch.no_grad()
+def group_norm_forward(
+    module: nn.Module, x: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, GroupStats]:
+    """``relu(norm(x))`` for a GroupNorm/InstanceNorm ``module`` and the statistics used."""
+    groups = group_norm_groups(module)
+    y, mean, invstd = torch.native_group_norm(x, weight, bias, *_sizes(x), groups, module.eps)
+    return y.relu_(), GroupStats(mean, invstd, groups)
+
+
+def _per_channel(stat: Tensor, channels: int) -> Tensor:
+    """``(N, G)`` -> ``(N, C)``: each group's value repeated for its channels."""
+    return stat.repeat_interleave(channels // stat.shape[1], dim=1)
+
+
+def group_norm_act(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: GroupStats,
+    *,
+    activation: bool = True,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``relu(group_norm(x))`` with fixed statistics, into ``out`` or a new tensor.
+
+    ``x`` may be a strided view (a crop) of the tensor the statistics were computed on.
+    """
+    channels = x.shape[1]
+    scale = _per_channel(stats.invstd, channels)
+    if weight is not None:
+        scale = scale * weight
+    shift = -_per_channel(stats.mean, channels) * scale
+    if bias is not None:
+        shift = shift + bias
+    view = (*scale.shape, *(1,) * (x.dim() - 2))
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout_of(x))
+    torch.addcmul(shift.view(view), x, scale.view(view), out=out)
+    return out.relu_() if activation else out
+
+
+def group_norm_backward(
+    grad_y: Tensor, x: Tensor, weight: Tensor | None, stats: GroupStats
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Gradients of ``group_norm(x)`` for input, weight and bias (None when not affine)."""
+    affine = weight is not None
+    grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
+        grad_y,
+        x,
+        stats.mean,
+        stats.invstd,
+        weight,
+        *_sizes(x),
+        stats.groups,
+        [True, affine, affine],
+    )
+    return grad_x, (grad_w if affine else None), (grad_b if affine else None)
