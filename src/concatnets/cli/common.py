@@ -64,10 +64,12 @@ def add_data_source_arguments(parser: argparse.ArgumentParser, *, default_note: 
     group.add_argument(
         "--data",
         metavar="SOURCE",
-        help=f"builtin:cells, builtin:shapes, or a folder ({default_note})",
+        help=f"builtin:cells, builtin:cells3d, builtin:shapes, or a folder ({default_note})",
     )
     group.add_argument("--num-images", type=int, metavar="N", help="images of a built-in set")
-    group.add_argument("--image-size", type=int, metavar="PX", help="side of built-in images")
+    group.add_argument(
+        "--image-size", type=int, metavar="PX", help="side of built-in images (or volumes)"
+    )
     group.add_argument(
         "--mask-values",
         metavar="MAP",

@@ -25,6 +25,7 @@ from concatnets.data.notices import notice
 from concatnets.data.sources import LabelledData, open_labelled_data
 from concatnets.data.split import split_indices
 from concatnets.data.transforms import SizePolicy
+from concatnets.training.dimensions import check_model_fits_data
 from concatnets.training.evaluation import evaluate_model
 from concatnets.training.loading import TrainedModel, load_trained_model
 from concatnets.training.losses import crop_to_output
@@ -84,6 +85,7 @@ def open_evaluation_data(
         mask_values=mask_values,
         task=trained.task,
     )
+    check_model_fits_data(trained.architecture, trained.spatial_dims, data)
     _check_classes(data, trained)
     if split == "val":
         _, indices = split_indices(
@@ -117,7 +119,7 @@ def _check_classes(data: LabelledData, trained: TrainedModel) -> None:
 def _size_policy(trained: TrainedModel) -> SizePolicy | None:
     saved = trained.metadata.get("size_policy")
     if saved and saved.get("mode") == "resize":
-        return SizePolicy("resize", (int(saved["size"][0]), int(saved["size"][1])))
+        return SizePolicy("resize", tuple(int(v) for v in saved["size"]))
     return None
 
 
@@ -221,6 +223,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "concatnets evaluate runs/unet_small-cells-20250101-120000",
             "concatnets evaluate runs/my-run --data my_test_data/ --output results/",
             "concatnets evaluate runs/my-run/last.json --data builtin:cells --num-images 32",
+            "concatnets evaluate runs/my-unet3d-run --data my_volumes/   # .npy (D, H, W) volumes",
         ),
     )
     parser.add_argument("run", metavar="RUN", help="run folder or checkpoint .json")

@@ -16,14 +16,16 @@ from tqdm import tqdm
 from concatnets.cli.common import HelpFormatter, describe, epilog, resolve_device
 from concatnets.data.datasets import load_input_tensor
 from concatnets.data.folders import find_input_images
-from concatnets.data.io import read_image, write_mask_png
+from concatnets.data.io import probe_image, read_image, to_float_image, write_mask_png
 from concatnets.data.notices import notice
+from concatnets.training.dimensions import dims_mismatch_message
 from concatnets.training.loading import TrainedModel, load_trained_model
 from concatnets.training.plots import save_overlay_panel
 
 __all__ = ["add_parser", "predict_logits", "run", "tile_size_for"]
 
 _FORMATS = ("png", "npy")
+_DEFAULT_TILE_SIZE = {2: 512, 3: 96}  # a 96^3 tile holds about as many voxels as 940^2 pixels
 
 
 def tile_size_for(model: torch.nn.Module, requested: int) -> int:
@@ -61,11 +63,12 @@ def predict_logits(
     Images larger than ``tile_size`` on a side, and every image for valid-padding
     U-Nets, go through :func:`concatnets.inference.predict_tiled`. Models trained with
     the ``resize`` size policy see the image resized as in training, and their
-    segmentation logits are resized back.
+    segmentation logits are resized back. Volumes give ``(C, D, H, W)`` logits.
 
     Args:
         trained: The loaded model.
-        image: ``(H, W)`` or ``(H, W, 3)`` image as read from disk.
+        image: ``(H, W)`` or ``(H, W, 3)`` image as read from disk; for a 3-D model a
+            ``(D, H, W)`` or ``(D, H, W, C)`` volume.
         tile_size: Largest side predicted in one pass.
         overlap: Tile overlap for same-padding models (default: a quarter tile).
         batch_size: Tiles per forward pass.
@@ -73,17 +76,19 @@ def predict_logits(
     """
     model = trained.model
     device = next(model.parameters()).device
-    x = load_input_tensor(image, trained.in_channels, trained.normalization)[None]  # (1, C, H, W)
-    original = tuple(x.shape[-2:])
+    dims = trained.spatial_dims
+    x = load_input_tensor(image, trained.in_channels, trained.normalization, dims)[None]
+    original = tuple(x.shape[2:])
     saved_policy = trained.metadata.get("size_policy") or {}
     resized = saved_policy.get("mode") == "resize"
+    mode = "bilinear" if dims == 2 else "trilinear"
     if resized:
         size = tuple(int(v) for v in saved_policy["size"])
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=dims == 2)
     if trained.task == "classification":
         return model(x.to(device)).float()[0].cpu()
     valid = getattr(model, "padding", "same") == "valid"
-    if valid or max(x.shape[-2:]) > tile_size:
+    if valid or max(x.shape[2:]) > tile_size:
         from concatnets.inference import predict_tiled
 
         tile = tile_size_for(model, tile_size)
@@ -99,7 +104,7 @@ def predict_logits(
         logits = model(x.to(device)).cpu()
     logits = logits.float()
     if resized:
-        logits = F.interpolate(logits, size=original, mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=original, mode=mode, align_corners=False)
     return logits[0]
 
 
@@ -133,14 +138,38 @@ def _parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def _check_dimensions(trained: TrainedModel, files: list[Path]) -> None:
+    """Refuse inputs of another dimensionality than the model before predicting any."""
+    for path in files:
+        dims = probe_image(path).spatial_dims
+        if dims != trained.spatial_dims:
+            raise ValueError(
+                dims_mismatch_message(trained.architecture, trained.spatial_dims, str(path), dims)
+            )
+
+
+def _write_mask(output: Path, stem: str, mask: np.ndarray, formats: tuple[str, ...]) -> None:
+    """Write ``masks/<stem>.png`` and/or ``.npy``; volumes are always ``.npy``."""
+    (output / "masks").mkdir(exist_ok=True)
+    if "png" in formats and mask.ndim == 2:
+        write_mask_png(output / "masks" / f"{stem}.png", mask)
+    if "npy" in formats or mask.ndim == 3:
+        np.save(output / "masks" / f"{stem}.npy", mask.astype(np.int64))
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every input image and write the results."""
     formats = _parse_formats(args.format)
-    if args.tile_size < 16:
+    if args.tile_size is not None and args.tile_size < 16:
         raise ValueError(f"--tile-size {args.tile_size} is too small; use at least 16")
     device = resolve_device(args.device)
     trained = load_trained_model(args.run, device, which=args.which)
     files = find_input_images(Path(args.input))
+    _check_dimensions(trained, files)
+    volumes = trained.spatial_dims == 3
+    tile_size = args.tile_size or _DEFAULT_TILE_SIZE[trained.spatial_dims]
+    if volumes and "png" in formats and trained.task == "segmentation":
+        notice("volume masks are written as .npy (D, H, W) arrays: PNG holds 2-D images only")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     stored = _stored_values(trained) if args.original_values else None
@@ -157,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         logits = predict_logits(
             trained,
             image,
-            tile_size=args.tile_size,
+            tile_size=tile_size,
             overlap=args.overlap,
             batch_size=args.batch_size,
         )
@@ -166,18 +195,13 @@ def run(args: argparse.Namespace) -> int:
             best = int(probabilities.argmax())
             rows.append((str(path), trained.class_names[best], float(probabilities[best])))
             continue
-        tiled += max(image.shape[:2]) > args.tile_size
+        tiled += max(image.shape[: trained.spatial_dims]) > tile_size
         mask = logits.argmax(0).numpy()
-        written = mask if stored is None else stored[mask]
-        if "png" in formats:
-            (output / "masks").mkdir(exist_ok=True)
-            write_mask_png(output / "masks" / f"{stem}.png", written)
-        if "npy" in formats:
-            (output / "masks").mkdir(exist_ok=True)
-            np.save(output / "masks" / f"{stem}.npy", written.astype(np.int64))
+        _write_mask(output, stem, mask if stored is None else stored[mask], formats)
         if args.overlay:
+            shown = to_float_image(image, 3) if volumes else image
             save_overlay_panel(
-                output / "overlays" / f"{stem}.png", image, mask, len(trained.class_names)
+                output / "overlays" / f"{stem}.png", shown, mask, len(trained.class_names)
             )
     if trained.task == "classification":
         with (output / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -190,9 +214,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"... {len(rows) - 10} more")
         print(f"wrote {output / 'predictions.csv'} ({len(rows)} images)")
         return 0
-    parts = [f"masks/ ({', '.join(formats)})"] + (["overlays/"] if args.overlay else [])
-    tiling = f", {tiled} large image(s) tiled at {args.tile_size} px" if tiled else ""
-    print(f"predicted {len(files)} image(s){tiling}; wrote {' and '.join(parts)} in {output}")
+    written = ("npy",) if volumes else formats
+    overlays = "overlays/ (middle slices)" if volumes else "overlays/"
+    parts = [f"masks/ ({', '.join(written)})"] + ([overlays] if args.overlay else [])
+    kind = "volume" if volumes else "image"
+    unit = "voxels" if volumes else "px"
+    tiling = f", {tiled} large {kind}(s) tiled at {tile_size} {unit}" if tiled else ""
+    print(f"predicted {len(files)} {kind}(s){tiling}; wrote {' and '.join(parts)} in {output}")
     return 0
 
 
@@ -207,7 +235,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             Segmentation writes masks/<name>.png (class indices; --format npy for NumPy)
             and overlays/<name>.png; images larger than --tile-size on a side are
             predicted tile by tile (overlap-tile, blended), so any size fits in memory.
-            Classification writes predictions.csv.
+            Classification writes predictions.csv. A 3-D model (e.g. unet3d) takes .npy
+            volumes (D, H, W) or (D, H, W, C) and writes masks/<name>.npy (D, H, W)
+            and an overlay of the middle slice.
             """
         ),
         formatter_class=HelpFormatter,
@@ -216,6 +246,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "concatnets predict runs/my-run images/ --output preds/ --format png,npy",
             "concatnets predict runs/my-run/best.json big_slide.tif --tile-size 256",
             "concatnets predict runs/my-run images/ --original-values   # e.g. 0/255 masks",
+            "concatnets predict runs/my-unet3d-run volumes/ --tile-size 64   # .npy volumes",
         ),
     )
     parser.add_argument("run", metavar="RUN", help="run folder or checkpoint .json")
@@ -241,9 +272,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tile-size",
         type=int,
-        default=512,
         metavar="PX",
-        help="images with a side above this are tiled (default: 512)",
+        help="images with a side above this are tiled (default: 512; 96 for volumes)",
     )
     parser.add_argument(
         "--overlap", type=int, metavar="PX", help="tile overlap (default: a quarter tile)"

@@ -84,8 +84,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         default=s,
         metavar="SOURCE",
-        help="builtin:cells, builtin:shapes, or a folder with images/ + masks/ "
-        "(segmentation) or one sub-folder per class" + _default("data"),
+        help="builtin:cells, builtin:cells3d (3-D volumes), builtin:shapes, or a folder with "
+        "images/ + masks/ (segmentation; .npy (D, H, W) arrays are volumes) or one sub-folder "
+        "per class" + _default("data"),
     )
     data.add_argument("--val-data", default=s, metavar="FOLDER", help="separate validation set")
     data.add_argument(
@@ -100,7 +101,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PX",
         type=int,
         default=s,
-        help="built-in image side (default: 64 for cells, 32 for shapes)",
+        help="built-in image side (default: 64 for cells, 32 for cells3d volumes and shapes)",
     )
     data.add_argument(
         "--val-fraction",
@@ -127,8 +128,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=s,
         metavar="PX",
-        help="target side for --size-policy (default: most common size for resize, "
-        "largest for pad, smallest for crop)",
+        help="target side for --size-policy, on every axis (default: most common size for "
+        "resize, largest for pad, smallest for crop)",
     )
     data.add_argument(
         "--normalization",
@@ -140,7 +141,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--augment",
         default=s,
         metavar="LIST",
-        help="comma list of flip, rot90, elastic, or none" + _default("augment"),
+        help="comma list of flip, rot90, elastic, or none; volumes flip along every axis and "
+        "turn in random planes" + _default("augment"),
     )
     data.add_argument(
         "--elastic-sigma",
@@ -368,6 +370,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
             Folder layouts: DIR/images/*.png + DIR/masks/*.png (segmentation, matched
             by file stem; PNG, JPEG, TIFF or NPY) or DIR/<class>/*.png (classification).
+            3-D volumes: DIR/images/*.npy holding (D, H, W) or (D, H, W, C) arrays and
+            DIR/masks/*.npy holding (D, H, W) integer masks; train them with a 3-D model
+            such as unet3d.
             """
         ),
         formatter_class=HelpFormatter,
@@ -375,6 +380,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "concatnets train --model unet_small --data builtin:cells --epochs 5",
             "concatnets train --model unet --data my_data/ --size-policy crop --patch-size 256",
             "concatnets train --model densenet_bc --model-arg depth=40 --data builtin:shapes",
+            "concatnets train --model unet3d --data builtin:cells3d --epochs 5",
             "concatnets train --config examples/cells_unet_small.toml --lr 3e-3",
             "concatnets train --resume runs/unet_small-cells-20250101-120000 --epochs 20",
             "torchrun --nproc_per_node=2 -m concatnets.cli.main train --data my_data/ --model unet",

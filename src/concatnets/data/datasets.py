@@ -37,12 +37,14 @@ def resolve_size_policy(
     """Choose how samples of ``data`` are brought to one size.
 
     Without a policy all images must share one size. The default target size is the
-    most common size for ``resize``, the largest for ``pad`` and the smallest for ``crop``.
+    most common size for ``resize``, the largest for ``pad`` and the smallest for ``crop``
+    (per axis; volumes have three axes).
 
     Args:
         data: The dataset.
         policy: ``'resize'``, ``'pad'``, ``'crop'`` or ``None``.
-        patch_size: Target side (int) or ``(height, width)``; ``None`` picks the default.
+        patch_size: Target side (int, the same on every axis) or one side per axis;
+            ``None`` picks the default.
     """
     sizes = set(data.sizes)
     if policy is None:
@@ -61,31 +63,47 @@ def resolve_size_policy(
         choices = ", ".join(SIZE_POLICIES)
         raise ValueError(f"unknown --size-policy {policy!r}; choose from {choices}")
     if patch_size is not None:
-        if isinstance(patch_size, int):
-            target = (patch_size, patch_size)
-        else:
-            height, width = (int(v) for v in patch_size)
-            target = (height, width)
-        if min(target) < 1:
-            raise ValueError(f"--patch-size {patch_size} must be positive")
+        target = _patch_target(patch_size, data.spatial_dims)
     elif policy == "resize":
         target = Counter(data.sizes).most_common(1)[0][0]
     elif policy == "pad":
-        target = (max(h for h, _ in sizes), max(w for _, w in sizes))
+        target = tuple(max(sides) for sides in zip(*sizes, strict=True))
     else:
-        target = (min(h for h, _ in sizes), min(w for _, w in sizes))
+        target = tuple(min(sides) for sides in zip(*sizes, strict=True))
     return SizePolicy(policy, target)
 
 
-def load_input_tensor(image: np.ndarray, channels: int, normalization: str) -> Tensor:
+def _patch_target(patch_size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """``--patch-size`` as one side per spatial axis."""
+    if isinstance(patch_size, int):
+        target = (patch_size,) * spatial_dims
+    else:
+        target = tuple(int(v) for v in patch_size)
+        if len(target) != spatial_dims:
+            axes = "(height, width)" if spatial_dims == 2 else "(depth, height, width)"
+            raise ValueError(
+                f"--patch-size {patch_size} has {len(target)} sides but the data needs "
+                f"{spatial_dims} {axes}; give one side for all axes or one per axis"
+            )
+    if min(target) < 1:
+        raise ValueError(f"--patch-size {patch_size} must be positive")
+    return target
+
+
+def load_input_tensor(
+    image: np.ndarray, channels: int, normalization: str, spatial_dims: int = 2
+) -> Tensor:
     """Turn a stored image into the normalized ``(C, H, W)`` float tensor models see.
 
     Args:
-        image: ``(H, W)`` or ``(H, W, 3)`` array as read from disk.
-        channels: Channels the model expects (1 or 3).
+        image: ``(H, W)`` or ``(H, W, 3)`` array as read from disk; with
+            ``spatial_dims=3`` a ``(D, H, W)`` or ``(D, H, W, C)`` volume, which becomes
+            ``(C, D, H, W)``.
+        channels: Channels the model expects (1 or 3; volumes: exactly theirs).
         normalization: ``'image'`` or ``'unit'`` (see :func:`normalize_image`).
+        spatial_dims: 2 for images, 3 for volumes.
     """
-    array = to_float_image(match_channels(image, channels))
+    array = to_float_image(match_channels(image, channels, spatial_dims), spatial_dims)
     return normalize_image(torch.from_numpy(array), normalization)
 
 
@@ -94,7 +112,8 @@ class LabelledDataset(Dataset[dict[str, Tensor]]):
 
     Each item has ``image`` (``(C, H, W)`` float32), ``target`` (``(H, W)`` int64 mask
     or scalar class), ``index`` and, with ``weight_map``, ``weight`` (``(H, W)``
-    float32). Random augmentation and cropping draw from :func:`sample_generator`, so
+    float32). Volumes have ``(C, D, H, W)`` images and ``(D, H, W)`` masks. Random
+    augmentation and cropping draw from :func:`sample_generator`, so
     call :meth:`set_epoch` before each epoch.
 
     Args:
@@ -140,7 +159,9 @@ class LabelledDataset(Dataset[dict[str, Tensor]]):
     def __getitem__(self, position: int) -> dict[str, Tensor]:
         index = self.indices[position]
         raw_image, raw_target = self.data.load(index)
-        image = load_input_tensor(raw_image, self.data.in_channels, self.normalization)
+        image = load_input_tensor(
+            raw_image, self.data.in_channels, self.normalization, self.data.spatial_dims
+        )
         mask = None
         if self.data.task == "segmentation":
             mask = torch.from_numpy(np.asarray(raw_target, dtype=np.int64))

@@ -6,6 +6,7 @@ Two layouts are understood::
       images/a.png             cat/001.jpg
       masks/a.png              dog/002.jpg
 
+Volumes use the same layouts with ``.npy`` files (see :mod:`concatnets.data.io`).
 Segmentation masks are matched to images by file stem (``a.png`` <-> ``a.tif``; a
 ``_mask`` suffix on the mask's stem is allowed). Classification classes are the
 sub-folder names, sorted.
@@ -86,10 +87,12 @@ def find_segmentation_pairs(root: Path) -> list[tuple[Path, Path]]:
         )
     missing = sorted(set(images) - set(masks))
     if missing:
+        first = images[missing[0]]
+        suffix = ".npy" if first.suffix.lower() == ".npy" else ".png"
         raise ValueError(
             f"{len(missing)} image(s) in {root / 'images'} have no mask in {root / 'masks'} "
-            f"(first: {images[missing[0]].name}); name each mask like its image, e.g. "
-            f"masks/{missing[0]}.png"
+            f"(first: {first.name}); name each mask like its image, e.g. "
+            f"masks/{missing[0]}{suffix}"
         )
     unused = sorted(set(masks) - set(images))
     if unused:

@@ -1,5 +1,10 @@
 """Reading and writing images and masks: PNG, JPEG, TIFF (via Pillow) and NumPy ``.npy``.
 
+2-D images are ``(H, W)`` or ``(H, W, C)``. 3-D volumes are ``.npy`` files holding
+``(D, H, W)`` (one channel) or ``(D, H, W, C)``: channels last, as for images. A 3-D
+array whose last axis has 1, 3 or 4 entries is an ``(H, W, C)`` image; save a volume
+that thin as ``(D, H, W, 1)``.
+
 A file that cannot be decoded (empty, truncated, not an image, a pickled ``.npy``) raises
 a one-line :class:`ValueError` naming the file and the fix. ``.npy`` files are read with
 ``allow_pickle=False``, so reading never runs code from a file.
@@ -16,7 +21,9 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_VOLUME_CHANNELS",
     "ImageInfo",
+    "array_spatial_dims",
     "is_image_file",
     "list_image_files",
     "probe_image",
@@ -27,6 +34,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+MAX_VOLUME_CHANNELS = 16
+"""Most channels a ``(D, H, W, C)`` volume may have (more looks like channels first)."""
+_IMAGE_CHANNEL_COUNTS = (1, 3, 4)
 # What Pillow and numpy raise for files they cannot decode.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
 
@@ -51,17 +61,27 @@ class ImageInfo:
     Args:
         height: Rows.
         width: Columns.
-        channels: 1 for grayscale, 3 for colour.
+        channels: 1 for grayscale, 3 for colour; any count up to
+            :data:`MAX_VOLUME_CHANNELS` for volumes.
+        depth: Slices of a 3-D volume, ``None`` for a 2-D image.
     """
 
     height: int
     width: int
     channels: int
+    depth: int | None = None
 
     @property
-    def size(self) -> tuple[int, int]:
-        """``(height, width)``."""
-        return (self.height, self.width)
+    def spatial_dims(self) -> int:
+        """2 for an image, 3 for a volume."""
+        return 2 if self.depth is None else 3
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """``(height, width)``, or ``(depth, height, width)`` for a volume."""
+        if self.depth is None:
+            return (self.height, self.width)
+        return (self.depth, self.height, self.width)
 
 
 def is_image_file(path: Path) -> bool:
@@ -74,14 +94,36 @@ def list_image_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if is_image_file(p) and not p.name.startswith("."))
 
 
+def array_spatial_dims(shape: tuple[int, ...]) -> int:
+    """2 for an ``(H, W)`` / ``(H, W, C<=4)`` image shape, 3 for a volume shape.
+
+    Args:
+        shape: Shape of an array as stored (channels last).
+    """
+    if len(shape) == 2 or (len(shape) == 3 and shape[-1] in _IMAGE_CHANNEL_COUNTS):
+        return 2
+    return 3
+
+
 def _channels_of_array(array: np.ndarray, path: Path) -> int:
-    if array.ndim == 2:
+    shape = tuple(int(v) for v in array.shape)
+    if len(shape) == 2:
         return 1
-    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-        return 1 if array.shape[-1] == 1 else 3
+    if len(shape) == 3:
+        if shape[-1] in _IMAGE_CHANNEL_COUNTS:
+            return 1 if shape[-1] == 1 else 3
+        return 1  # (D, H, W) volume
+    if len(shape) == 4 and shape[-1] <= MAX_VOLUME_CHANNELS:
+        return shape[-1]
+    if len(shape) == 4:
+        raise ValueError(
+            f"{path}: volume of shape {shape} has {shape[-1]} channels on its last axis; "
+            "volumes are (D, H, W) or (D, H, W, C) with channels last: for a channels-first "
+            "(C, D, H, W) array save np.moveaxis(volume, 0, -1)"
+        )
     raise ValueError(
-        f"{path}: array of shape {tuple(array.shape)} is not an image; "
-        "save 2-D (H, W) or 3-D (H, W, C) arrays with C in 1, 3 or 4"
+        f"{path}: array of shape {shape} is not an image or volume; save 2-D images as "
+        "(H, W) or (H, W, C) with C in 1, 3 or 4, and 3-D volumes as (D, H, W) or (D, H, W, C)"
     )
 
 
@@ -107,7 +149,10 @@ def probe_image(path: Path) -> ImageInfo:
     except _DECODE_ERRORS as exc:
         raise _unreadable(path, exc) from exc
     channels = _channels_of_array(array, path)
-    return ImageInfo(int(array.shape[0]), int(array.shape[1]), channels)
+    shape = tuple(int(v) for v in array.shape)
+    if array_spatial_dims(shape) == 3:
+        return ImageInfo(shape[1], shape[2], channels, depth=shape[0])
+    return ImageInfo(shape[0], shape[1], channels)
 
 
 def _read_raw(path: Path) -> np.ndarray:
@@ -138,7 +183,8 @@ def read_image(path: Path) -> np.ndarray:
     """Read an input image as ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour).
 
     Palette images become RGB, alpha channels are dropped and single-channel 3-D
-    arrays are squeezed. The dtype is kept (uint8, uint16 or float).
+    arrays are squeezed. The dtype is kept (uint8, uint16 or float). A ``.npy``
+    volume is returned as ``(D, H, W)`` (one channel) or ``(D, H, W, C)``.
 
     Args:
         path: A PNG, JPEG, TIFF or ``.npy`` file.
@@ -158,22 +204,27 @@ def read_image(path: Path) -> np.ndarray:
     else:
         array = _read_raw(path)
     _channels_of_array(array, path)
+    if array_spatial_dims(array.shape) == 3:
+        return array[..., 0] if array.ndim == 4 and array.shape[-1] == 1 else array
     if array.ndim == 3:
         array = array[..., 0] if array.shape[-1] == 1 else array[..., :3]
     return array
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Read a label mask as a 2-D integer array of raw stored values.
+def read_mask(path: Path, spatial_dims: int = 2) -> np.ndarray:
+    """Read a label mask as a 2-D (or 3-D) integer array of raw stored values.
 
     Palette PNGs give their palette indices (the usual way to store class masks);
     colour masks are rejected because colours are not class indices.
 
     Args:
         path: A PNG, TIFF or ``.npy`` file holding one value per pixel.
+        spatial_dims: 3 to read a ``(D, H, W)`` volume mask (a ``.npy`` file).
     """
     path = Path(path)
     array = _read_raw(path)
+    if spatial_dims == 3:
+        return _volume_mask(array, path)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 3:
@@ -187,23 +238,42 @@ def read_mask(path: Path) -> np.ndarray:
             )
     if array.ndim != 2:
         raise ValueError(f"{path}: mask has shape {tuple(array.shape)}; expected a 2-D (H, W) mask")
+    return _integer_mask(array, path)
+
+
+def _integer_mask(array: np.ndarray, path: Path) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise ValueError(
                 f"{path}: mask holds non-integer values; store class indices as integers"
             )
         array = array.astype(np.int64)
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        raise ValueError(f"{path}: mask has dtype {array.dtype}; store class indices as integers")
     return array.astype(np.int64, copy=False)
 
 
-def to_float_image(array: np.ndarray) -> np.ndarray:
+def _volume_mask(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise ValueError(
+            f"{path}: mask has shape {tuple(array.shape)} but its image is a 3-D volume; "
+            "save volume masks as (D, H, W) integer .npy arrays"
+        )
+    return _integer_mask(array, path)
+
+
+def to_float_image(array: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
     """Scale an image to float32 in roughly [0, 1] and lay it out as ``(C, H, W)``.
 
     uint8 and uint16 images are divided by 255 and 65535, wider integers by the
     smallest of those ranges that holds their values; float images are kept as they are.
 
     Args:
-        array: ``(H, W)`` or ``(H, W, C)`` image.
+        array: ``(H, W)`` or ``(H, W, C)`` image; with ``spatial_dims=3`` a
+            ``(D, H, W)`` or ``(D, H, W, C)`` volume, returned as ``(C, D, H, W)``.
+        spatial_dims: 2 for images, 3 for volumes.
     """
     if array.dtype == np.bool_:
         scaled = array.astype(np.float32)
@@ -216,7 +286,7 @@ def to_float_image(array: np.ndarray) -> np.ndarray:
         scaled = array.astype(np.float32) / scale
     else:
         scaled = array.astype(np.float32)
-    if scaled.ndim == 2:
+    if scaled.ndim == spatial_dims:
         return scaled[None]
     return np.ascontiguousarray(np.moveaxis(scaled, -1, 0))
 

@@ -1,7 +1,9 @@
 """Opening a labelled dataset from a ``--data`` address.
 
-An address is either ``builtin:cells`` / ``builtin:shapes`` (generated, no download)
-or a folder in one of the layouts of :mod:`concatnets.data.folders`.
+An address is either ``builtin:cells`` / ``builtin:cells3d`` / ``builtin:shapes``
+(generated, no download) or a folder in one of the layouts of
+:mod:`concatnets.data.folders`. Whether a folder holds 2-D images or 3-D volumes is
+read from its arrays (see :mod:`concatnets.data.io`); a folder mixing both is refused.
 """
 
 from __future__ import annotations
@@ -18,22 +20,47 @@ from concatnets.data.folders import (
     find_classification_files,
     find_segmentation_pairs,
 )
-from concatnets.data.io import probe_image, read_image, read_mask
+from concatnets.data.io import ImageInfo, probe_image, read_image, read_mask
 from concatnets.data.masks import MaskValueMap, infer_mask_value_map
 from concatnets.data.notices import notice
-from concatnets.data.synthetic import CELL_CLASSES, SHAPE_CLASSES, make_cells, make_shapes
+from concatnets.data.synthetic import (
+    CELL_CLASSES,
+    SHAPE_CLASSES,
+    make_cells,
+    make_cells3d,
+    make_shapes,
+)
 
 __all__ = [
     "BUILTIN_DATASETS",
     "LabelledData",
+    "describe_dims",
+    "format_size",
     "open_labelled_data",
 ]
 
 BUILTIN_DATASETS: dict[str, str] = {
     "cells": "segmentation: synthetic microscopy, touching cells with thin borders (2 classes)",
+    "cells3d": "segmentation: synthetic 3-D volumes of cells with thin membranes (2 classes)",
     "shapes": "classification: circles, squares and triangles with noise (3 classes)",
 }
-_DEFAULT_BUILTIN_SIZE = {"cells": 64, "shapes": 32}
+_DEFAULT_BUILTIN_SIZE = {"cells": 64, "cells3d": 32, "shapes": 32}
+_VOLUME_LAYOUT_HELP = (
+    "2-D images are (H, W) or (H, W, C) arrays or image files; 3-D volumes are .npy "
+    "arrays (D, H, W) or (D, H, W, C)"
+)
+
+
+def format_size(size: Sequence[int]) -> str:
+    """``(H, W)`` as ``'WxH'`` (width first, as image viewers do); ``(D, H, W)`` as ``'DxHxW'``."""
+    if len(size) == 2:
+        return f"{size[1]}x{size[0]}"
+    return "x".join(str(v) for v in size)
+
+
+def describe_dims(spatial_dims: int) -> str:
+    """``'2-D images'`` or ``'3-D volumes'``."""
+    return "2-D images" if spatial_dims == 2 else "3-D volumes"
 
 
 @dataclass
@@ -45,7 +72,8 @@ class LabelledData:
         task: ``'segmentation'`` or ``'classification'``.
         class_names: Name of each class; its length is the number of classes.
         in_channels: 1 (grayscale) or 3 (colour); other images are converted.
-        sizes: ``(height, width)`` of each sample.
+            Volumes keep their channel count.
+        sizes: ``(height, width)`` of each sample, ``(depth, height, width)`` for volumes.
         names: A short name per sample (file stem or ``cells-0007``).
         labels: Class of each sample for classification, else ``None``.
         value_map: How stored mask values become classes (segmentation folders).
@@ -53,13 +81,14 @@ class LabelledData:
         masks: In-memory masks (built-in data), else ``None``.
         image_paths: Image files (folders), else ``None``.
         mask_paths: Mask files (segmentation folders), else ``None``.
+        spatial_dims: 2 for images, 3 for volumes.
     """
 
     address: str
     task: str
     class_names: list[str]
     in_channels: int
-    sizes: list[tuple[int, int]]
+    sizes: list[tuple[int, ...]]
     names: list[str]
     labels: list[int] | None = None
     value_map: MaskValueMap | None = None
@@ -67,6 +96,7 @@ class LabelledData:
     masks: list[np.ndarray] | None = field(default=None, repr=False)
     image_paths: list[Path] | None = None
     mask_paths: list[Path] | None = None
+    spatial_dims: int = 2
 
     @property
     def num_classes(self) -> int:
@@ -79,8 +109,9 @@ class LabelledData:
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | int]:
         """Return sample ``index`` as ``(image, target)``.
 
-        ``image`` is ``(H, W)`` or ``(H, W, 3)`` in its stored dtype; ``target`` is an
-        int64 ``(H, W)`` class mask or an integer class.
+        ``image`` is ``(H, W)`` or ``(H, W, 3)`` in its stored dtype (volumes:
+        ``(D, H, W)`` or ``(D, H, W, C)``); ``target`` is an int64 class mask of the
+        image's spatial shape or an integer class.
         """
         if self.images is not None:
             image = self.images[index]
@@ -94,18 +125,22 @@ class LabelledData:
             return image, self.masks[index].astype(np.int64)
         assert self.mask_paths is not None and self.value_map is not None
         path = self.mask_paths[index]
-        mask = self.value_map(read_mask(path), source=str(path))
-        if mask.shape != image.shape[:2]:
+        mask = self.value_map(read_mask(path, self.spatial_dims), source=str(path))
+        spatial = image.shape[: self.spatial_dims]
+        if mask.shape != spatial:
             raise ValueError(
-                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}; masks must match their images pixel for pixel"
+                f"{path}: mask is {format_size(mask.shape)} but its image is "
+                f"{format_size(spatial)}; masks must match their images pixel for pixel"
             )
         return image, mask
 
     def size_summary(self) -> str:
-        """Distinct sizes as ``'64x64 (12), 80x60 (3)'``, most common first."""
+        """Distinct sizes as ``'64x64 (12), 80x60 (3)'``, most common first.
+
+        Images show width x height, volumes depth x height x width.
+        """
         counts = Counter(self.sizes).most_common()
-        return ", ".join(f"{w}x{h} ({n})" for (h, w), n in counts)
+        return ", ".join(f"{format_size(size)} ({n})" for size, n in counts)
 
 
 def _open_builtin(name: str, num_images: int, image_size: int | None, seed: int) -> LabelledData:
@@ -118,6 +153,19 @@ def _open_builtin(name: str, num_images: int, image_size: int | None, seed: int)
         raise ValueError(f"--num-images {num_images} is too small; use at least 2")
     size = image_size or _DEFAULT_BUILTIN_SIZE[name]
     address = f"builtin:{name}"
+    if name == "cells3d":
+        volumes, masks = make_cells3d(num_images, size, seed)
+        return LabelledData(
+            address,
+            "segmentation",
+            list(CELL_CLASSES),
+            1,
+            [(size, size, size)] * num_images,
+            [f"cells3d-{i:04d}" for i in range(num_images)],
+            images=volumes,
+            masks=masks,
+            spatial_dims=3,
+        )
     if name == "cells":
         images, masks = make_cells(num_images, size, seed)
         return LabelledData(
@@ -143,12 +191,31 @@ def _open_builtin(name: str, num_images: int, image_size: int | None, seed: int)
     )
 
 
-def _channels_of(paths: Sequence[Path]) -> tuple[int, list[tuple[int, int]]]:
+def _spatial_dims_of(paths: Sequence[Path], infos: Sequence[ImageInfo]) -> int:
+    """The one dimensionality of a folder's files; mixing 2-D and 3-D is an error."""
+    found = {info.spatial_dims: path for path, info in zip(paths, infos, strict=True)}
+    if len(found) > 1:
+        raise ValueError(
+            f"{found[2].parent} mixes 2-D images (e.g. {found[2].name}) and 3-D volumes "
+            f"(e.g. {found[3].name}); keep one kind per folder ({_VOLUME_LAYOUT_HELP})"
+        )
+    return next(iter(found), 2)
+
+
+def _channels_of(paths: Sequence[Path]) -> tuple[int, list[tuple[int, ...]], int]:
+    """Channels, sizes and spatial dims of a folder's images (probed, not decoded)."""
     infos = [probe_image(p) for p in paths]
+    spatial_dims = _spatial_dims_of(paths, infos)
     channels = {i.channels for i in infos}
+    if len(channels) > 1 and spatial_dims == 3:
+        raise ValueError(
+            f"volumes in {paths[0].parent} have different channel counts "
+            f"({', '.join(str(c) for c in sorted(channels))}); give every volume the same "
+            "channels (D, H, W, C)"
+        )
     if len(channels) > 1:
         notice("folder mixes grayscale and colour images: reading all as 3-channel colour")
-    return max(channels), [i.size for i in infos]
+    return max(channels), [i.size for i in infos], spatial_dims
 
 
 def _open_folder(root: Path, mask_values: dict[int, int] | None, task: str | None) -> LabelledData:
@@ -160,7 +227,7 @@ def _open_folder(root: Path, mask_values: dict[int, int] | None, task: str | Non
         )
     if layout == "classification":
         files, labels, class_names = find_classification_files(root)
-        channels, sizes = _channels_of(files)
+        channels, sizes, spatial_dims = _channels_of(files)
         return LabelledData(
             str(root),
             layout,
@@ -170,14 +237,15 @@ def _open_folder(root: Path, mask_values: dict[int, int] | None, task: str | Non
             [f"{p.parent.name}/{p.stem}" for p in files],
             labels=labels,
             image_paths=files,
+            spatial_dims=spatial_dims,
         )
     pairs = find_segmentation_pairs(root)
     image_paths = [p[0] for p in pairs]
     mask_paths = [p[1] for p in pairs]
-    channels, sizes = _channels_of(image_paths)
+    channels, sizes, spatial_dims = _channels_of(image_paths)
     values: set[int] = set()
     for path in mask_paths:
-        values.update(int(v) for v in np.unique(read_mask(path)))
+        values.update(int(v) for v in np.unique(read_mask(path, spatial_dims)))
     value_map = infer_mask_value_map(values, mask_values)
     class_names = [f"class{i}" for i in range(value_map.num_classes)]
     if value_map.num_classes == 2:
@@ -192,6 +260,7 @@ def _open_folder(root: Path, mask_values: dict[int, int] | None, task: str | Non
         value_map=value_map,
         image_paths=image_paths,
         mask_paths=mask_paths,
+        spatial_dims=spatial_dims,
     )
 
 
@@ -207,9 +276,10 @@ def open_labelled_data(
     """Open ``builtin:NAME`` or a dataset folder.
 
     Args:
-        address: ``builtin:cells``, ``builtin:shapes`` or a folder path.
+        address: ``builtin:cells``, ``builtin:cells3d``, ``builtin:shapes`` or a folder.
         num_images: Number of images of a built-in dataset.
-        image_size: Side length of built-in images (default 64 for cells, 32 for shapes).
+        image_size: Side length of built-in images (default 64 for cells, 32 for
+            cells3d volumes and shapes).
         seed: Seed of built-in data generation.
         mask_values: Explicit stored-value -> class map for segmentation masks.
         task: Expected task, checked against the data when given.

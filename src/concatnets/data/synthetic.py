@@ -2,7 +2,8 @@
 
 ``cells`` imitates the electron-microscopy stacks of the U-Net paper (Ronneberger et
 al. 2015, arXiv 1505.04597): touching cells separated by thin dark membranes, with
-textured interiors and noise. ``shapes`` is a three-class classification set of
+textured interiors and noise; ``cells3d`` is its volumetric counterpart (3-D Voronoi
+cells with one-voxel membranes). ``shapes`` is a three-class classification set of
 circles, squares and triangles. Image ``i`` depends only on ``(seed, i)``, so a larger
 ``num_images`` extends a set without changing its first images.
 """
@@ -13,7 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CELL_CLASSES", "SHAPE_CLASSES", "make_cell_image", "make_cells", "make_shapes"]
+__all__ = [
+    "CELL_CLASSES",
+    "SHAPE_CLASSES",
+    "make_cell_image",
+    "make_cell_volume",
+    "make_cells",
+    "make_cells3d",
+    "make_shapes",
+]
 
 CELL_CLASSES: tuple[str, ...] = ("border", "cell")
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -132,6 +141,111 @@ def make_cells(
     if image_size < 16:
         raise ValueError(f"--image-size {image_size} is too small for builtin:cells; use >= 16")
     pairs = [make_cell_image(seed, i, image_size) for i in range(num_images)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _smooth_noise_3d(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
+    """Zero-mean, unit-scale 3-D noise that varies over about ``cell`` voxels."""
+    coarse = max(2, int(np.ceil(size / cell)) + 1)
+    grid = rng.standard_normal((1, 1, coarse, coarse, coarse)).astype(np.float32)
+    fine = F.interpolate(
+        torch.from_numpy(grid), size=(size,) * 3, mode="trilinear", align_corners=True
+    )
+    return fine[0, 0].numpy()
+
+
+def _box_blur_3d(volume: np.ndarray) -> np.ndarray:
+    """3x3x3 mean filter with edge padding, as three separable 1-D passes."""
+    for axis in range(3):
+        padded = np.pad(volume, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
+        length = volume.shape[axis]
+        volume = sum(np.take(padded, np.arange(k, k + length), axis=axis) for k in range(3)) / 3.0
+    return volume
+
+
+def _voronoi_labels_3d(rng: np.random.Generator, size: int, cell_size: float) -> np.ndarray:
+    """Nearest-seed labels of jittered-grid seeds in a cube, on warped coordinates.
+
+    One seed per grid cell, jittered by at most 0.4 cells, so a voxel's nearest seed
+    lies in its own or a neighbouring cell: 27 candidates instead of every seed.
+    """
+    count = int(np.ceil(size / cell_size)) + 2
+    cells = np.arange(count, dtype=np.float32)
+    centres = np.stack(np.meshgrid(cells, cells, cells, indexing="ij")).reshape(3, -1) - 0.5
+    jitter = rng.uniform(-0.4, 0.4, size=centres.shape)
+    seeds = ((centres + jitter) * cell_size).astype(np.float32)  # (3, count**3)
+    axis = np.arange(size, dtype=np.float32)
+    coords = [
+        (c + 1.5 * _smooth_noise_3d(rng, size, cell_size)).ravel()
+        for c in np.meshgrid(axis, axis, axis, indexing="ij")
+    ]
+    home = [np.floor(c / cell_size + 0.5).astype(np.int32) for c in coords]
+    best = np.full(size**3, np.inf, dtype=np.float32)
+    labels = np.zeros(size**3, dtype=np.int32)
+    for offset in np.ndindex(3, 3, 3):
+        z, y, x = (np.clip(h + d - 1, 0, count - 1) for h, d in zip(home, offset, strict=True))
+        flat = (z * count + y) * count + x
+        distance = sum((coords[a] - seeds[a].take(flat)) ** 2 for a in range(3))
+        closer = distance < best
+        np.copyto(best, distance, where=closer)
+        np.copyto(labels, flat, where=closer)
+    return labels.reshape((size,) * 3).astype(np.int64)
+
+
+def _borders_3d(labels: np.ndarray) -> np.ndarray:
+    """Voxels whose label differs from the next voxel along any axis (1-voxel membranes)."""
+    border = np.zeros(labels.shape, dtype=bool)
+    border[:-1] |= labels[:-1] != labels[1:]
+    border[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    border[:, :, :-1] |= labels[:, :, :-1] != labels[:, :, 1:]
+    return border
+
+
+def make_cell_volume(
+    seed: int, index: int, volume_size: int = 32, cell_size: float = 10.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic 3-D microscopy volume and its mask.
+
+    Args:
+        seed: Seed of the whole set.
+        index: Position of the volume in the set.
+        volume_size: Side length in voxels.
+        cell_size: Typical cell diameter in voxels.
+
+    Returns:
+        ``(volume, mask)``: uint8 ``(D, H, W)`` volume and uint8 mask with
+        0 = border or extracellular background, 1 = cell.
+    """
+    rng = _image_rng(seed, index, 3)
+    labels = _voronoi_labels_3d(rng, volume_size, cell_size)
+    border = _borders_3d(labels)
+    num_labels = int(labels.max()) + 1
+    extracellular = rng.random(num_labels) < 0.08
+    inside = ~border & ~extracellular[labels]
+
+    base = rng.uniform(0.55, 0.85, size=num_labels)
+    volume = base[labels] + 0.07 * _smooth_noise_3d(rng, volume_size, cell_size / 3)
+    volume = np.where(extracellular[labels], 0.42, volume)
+    volume = np.where(border, rng.uniform(0.1, 0.25), volume)
+    volume = _box_blur_3d(volume) * 0.5 + volume * 0.5
+    volume = volume + 0.045 * rng.standard_normal(volume.shape)
+    voxels = np.clip(volume * 255.0, 0, 255).round().astype(np.uint8)
+    return voxels, inside.astype(np.uint8)
+
+
+def make_cells3d(
+    num_volumes: int, volume_size: int = 32, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The built-in ``cells3d`` segmentation set: 3-D cells separated by thin membranes.
+
+    Args:
+        num_volumes: How many volumes.
+        volume_size: Side length in voxels (at least 8).
+        seed: Seed; the same seed always gives the same volumes.
+    """
+    if volume_size < 8:
+        raise ValueError(f"--image-size {volume_size} is too small for builtin:cells3d; use >= 8")
+    pairs = [make_cell_volume(seed, i, volume_size) for i in range(num_volumes)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 

@@ -1,5 +1,8 @@
 """Augmentations, size policies and normalization on ``(C, H, W)`` tensors.
 
+Volumes are ``(C, D, H, W)`` tensors with ``(D, H, W)`` masks; every transform here
+handles both (the sample's dimensionality is read from its mask or size).
+
 Every random choice draws from a ``torch.Generator`` passed in by the caller, so a
 sample's augmentation depends only on ``(seed, epoch, index)`` and not on worker count
 or on whether training was resumed.
@@ -34,6 +37,7 @@ IGNORE_INDEX = -1
 AUGMENTATIONS: tuple[str, ...] = ("flip", "rot90", "elastic")
 SIZE_POLICIES: tuple[str, ...] = ("resize", "pad", "crop")
 NORMALIZATIONS: tuple[str, ...] = ("image", "unit")
+_VOLUME_PLANES = ((-3, -2), (-3, -1), (-2, -1))  # (D, H), (D, W), (H, W)
 
 
 def parse_augmentations(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -67,24 +71,27 @@ def elastic_deform(
     Random displacement vectors on a coarse ``grid x grid`` grid, drawn from a Gaussian
     with ``sigma`` pixels standard deviation, are bicubically interpolated to a
     per-pixel field. The image is resampled bilinearly, the mask with nearest
-    neighbour so it keeps exactly its class values.
+    neighbour so it keeps exactly its class values. Volumes (``(C, D, H, W)``) use a
+    ``grid x grid x grid`` grid interpolated trilinearly (PyTorch has no 3-D bicubic).
 
     Args:
-        image: ``(C, H, W)`` float image.
-        mask: ``(H, W)`` integer mask, or ``None``.
+        image: ``(C, H, W)`` or ``(C, D, H, W)`` float image.
+        mask: ``(H, W)`` or ``(D, H, W)`` integer mask, or ``None``.
         generator: Source of randomness.
         sigma: Standard deviation of the displacements, in pixels.
         grid: Number of control points per side.
     """
-    _, height, width = image.shape
-    displacement = torch.randn((1, 2, grid, grid), generator=generator) * sigma
-    field = F.interpolate(displacement, size=(height, width), mode="bicubic", align_corners=True)
-    # Pixels -> normalized [-1, 1] coordinates (align_corners=True convention).
-    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)]).view(1, 2, 1, 1)
-    offsets = (field * scale).permute(0, 2, 3, 1)  # (1, H, W, 2) as (x, y)
-    ys = torch.linspace(-1.0, 1.0, height)
-    xs = torch.linspace(-1.0, 1.0, width)
-    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, H, W, 2)
+    spatial = tuple(image.shape[1:])
+    dims = len(spatial)
+    displacement = torch.randn((1, dims, *(grid,) * dims), generator=generator) * sigma
+    mode = "bicubic" if dims == 2 else "trilinear"
+    field = F.interpolate(displacement, size=spatial, mode=mode, align_corners=True)
+    # Pixels -> normalized [-1, 1] coordinates (align_corners=True convention). grid_sample
+    # wants (x, y[, z]), the spatial axes reversed: displacement channel 0 moves along x.
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in reversed(spatial)])
+    offsets = (field * scale.view(1, dims, *(1,) * dims)).movedim(1, -1)  # (1, *spatial, dims)
+    axes = [torch.linspace(-1.0, 1.0, n) for n in spatial]
+    base = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)[None]
     sample_grid = base + offsets
     warped = F.grid_sample(
         image[None].float(),
@@ -124,9 +131,28 @@ class Augment:
     def __call__(
         self, image: Tensor, mask: Tensor | None, generator: torch.Generator
     ) -> tuple[Tensor, Tensor | None]:
-        """Augment ``image`` (``(C, H, W)``) and ``mask`` (``(H, W)``) the same way."""
-        # Draw every random number, used or not, so each choice has a fixed stream position.
-        draws = torch.rand(4, generator=generator)
+        """Augment ``image`` (``(C, H, W)``) and ``mask`` (``(H, W)``) the same way.
+
+        Volumes (``(C, D, H, W)`` with ``(D, H, W)`` masks) are flipped along each
+        spatial axis and rotated by 90-degree turns in a random plane of two axes.
+        """
+        # Draw every random number, used or not, so each choice has a fixed stream position:
+        # images take 4 (2 flips, turns, elastic), volumes 6 (3 flips, plane, turns, elastic).
+        volume = image.dim() == 4
+        draws = torch.rand(6 if volume else 4, generator=generator)
+        if volume:
+            image, mask = self._flip_rotate_volume(image, mask, draws)
+        else:
+            image, mask = self._flip_rotate_image(image, mask, draws)
+        if "elastic" in self.names and draws[-1] < self.elastic_probability:
+            image, mask = elastic_deform(
+                image, mask, generator, self.elastic_sigma, self.elastic_grid
+            )
+        return image.contiguous(), None if mask is None else mask.contiguous()
+
+    def _flip_rotate_image(
+        self, image: Tensor, mask: Tensor | None, draws: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
         if "flip" in self.names:
             if draws[0] < 0.5:
                 image, mask = image.flip(-1), None if mask is None else mask.flip(-1)
@@ -137,35 +163,51 @@ class Augment:
             if turns:
                 image = torch.rot90(image, turns, dims=(-2, -1))
                 mask = None if mask is None else torch.rot90(mask, turns, dims=(-2, -1))
-        if "elastic" in self.names and draws[3] < self.elastic_probability:
-            image, mask = elastic_deform(
-                image, mask, generator, self.elastic_sigma, self.elastic_grid
-            )
-        return image.contiguous(), None if mask is None else mask.contiguous()
+        return image, mask
+
+    def _flip_rotate_volume(
+        self, image: Tensor, mask: Tensor | None, draws: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        if "flip" in self.names:
+            axes = [a for a, draw in zip((-3, -2, -1), draws[:3], strict=True) if draw < 0.5]
+            if axes:
+                image = image.flip(axes)
+                mask = None if mask is None else mask.flip(axes)
+        # Only planes whose two sides are equal can turn by 90 degrees in place.
+        planes = [(a, b) for a, b in _VOLUME_PLANES if image.shape[a] == image.shape[b]]
+        if "rot90" in self.names and planes:
+            plane = planes[min(int(draws[3] * len(planes)), len(planes) - 1)]
+            turns = int(draws[4] * 4) % 4
+            if turns:
+                image = torch.rot90(image, turns, dims=plane)
+                mask = None if mask is None else torch.rot90(mask, turns, dims=plane)
+        return image, mask
 
 
 @dataclass(frozen=True)
 class SizePolicy:
     """Bring every sample to one ``(height, width)`` so samples can be batched.
 
-    ``resize`` rescales (image bilinear, mask nearest); ``pad`` pads up to the size
-    (image with zeros, mask with :data:`IGNORE_INDEX`) and crops larger images;
-    ``crop`` takes a random patch in training and the centre patch otherwise, padding
-    smaller images first.
+    ``resize`` rescales (image bilinear, or trilinear for volumes; mask nearest);
+    ``pad`` pads up to the size (image with zeros, mask with :data:`IGNORE_INDEX`) and
+    crops larger images; ``crop`` takes a random patch in training and the centre
+    patch otherwise, padding smaller images first.
 
     Args:
         mode: One of :data:`SIZE_POLICIES`.
-        size: Target ``(height, width)``.
+        size: Target ``(height, width)``, or ``(depth, height, width)`` for volumes.
     """
 
     mode: str
-    size: tuple[int, int]
+    size: tuple[int, ...]
 
     def __post_init__(self) -> None:
         if self.mode not in SIZE_POLICIES:
             raise ValueError(
                 f"unknown size policy {self.mode!r}; choose from {', '.join(SIZE_POLICIES)}"
             )
+        if len(self.size) not in (2, 3):
+            raise ValueError(f"size policy size {self.size} must have 2 or 3 sides")
 
     def __call__(
         self,
@@ -174,31 +216,41 @@ class SizePolicy:
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor | None]:
         """Apply the policy; ``generator=None`` makes crops central (validation)."""
-        height, width = self.size
-        if tuple(image.shape[-2:]) == (height, width):
+        dims = len(self.size)
+        if image.dim() != dims + 1:
+            kind = "(C, H, W) images" if dims == 2 else "(C, D, H, W) volumes"
+            raise ValueError(
+                f"size policy for {kind} got a sample of shape {tuple(image.shape)}; "
+                "train and predict on data of one dimensionality"
+            )
+        if tuple(image.shape[1:]) == self.size:
             return image, mask
         if self.mode == "resize":
-            resized = F.interpolate(
-                image[None].float(),
-                size=(height, width),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )[0].to(image.dtype)
-            if mask is None:
-                return resized, None
-            small = F.interpolate(mask[None, None].float(), size=(height, width), mode="nearest")
-            return resized, small[0, 0].to(mask.dtype)
+            return self._resize(image, mask)
         image, mask = self._pad(image, mask)
         return self._crop(image, mask, generator if self.mode == "crop" else None)
 
+    def _resize(self, image: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        volume = len(self.size) == 3
+        resized = F.interpolate(
+            image[None].float(),
+            size=self.size,
+            mode="trilinear" if volume else "bilinear",
+            align_corners=False,
+            antialias=not volume,  # PyTorch antialiases only 2-D (bi)linear resizing
+        )[0].to(image.dtype)
+        if mask is None:
+            return resized, None
+        small = F.interpolate(mask[None, None].float(), size=self.size, mode="nearest")
+        return resized, small[0, 0].to(mask.dtype)
+
     def _pad(self, image: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        height, width = self.size
-        extra_h = max(0, height - image.shape[-2])
-        extra_w = max(0, width - image.shape[-1])
-        if not extra_h and not extra_w:
+        extra = [max(0, target - n) for target, n in zip(self.size, image.shape[1:], strict=True)]
+        if not any(extra):
             return image, mask
-        padding = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+        padding: list[int] = []
+        for amount in reversed(extra):  # F.pad lists the last axis first
+            padding += [amount // 2, amount - amount // 2]
         image = F.pad(image, padding, value=0.0)
         if mask is not None:
             mask = F.pad(mask, padding, value=IGNORE_INDEX)
@@ -207,28 +259,40 @@ class SizePolicy:
     def _crop(
         self, image: Tensor, mask: Tensor | None, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor | None]:
-        height, width = self.size
-        spare_h, spare_w = image.shape[-2] - height, image.shape[-1] - width
+        spare = [n - target for n, target in zip(image.shape[1:], self.size, strict=True)]
         if generator is None:
-            top, left = spare_h // 2, spare_w // 2
+            starts = [s // 2 for s in spare]
         else:
-            top = int(torch.randint(spare_h + 1, (1,), generator=generator))
-            left = int(torch.randint(spare_w + 1, (1,), generator=generator))
-        image = image[..., top : top + height, left : left + width]
+            starts = [int(torch.randint(s + 1, (1,), generator=generator)) for s in spare]
+        window = tuple(
+            slice(start, start + side) for start, side in zip(starts, self.size, strict=True)
+        )
+        image = image[(slice(None), *window)]
         if mask is not None:
-            mask = mask[top : top + height, left : left + width]
+            mask = mask[window]
         return image, mask
 
 
-def match_channels(array: np.ndarray, channels: int) -> np.ndarray:
+def match_channels(array: np.ndarray, channels: int, spatial_dims: int = 2) -> np.ndarray:
     """Convert an ``(H, W)`` or ``(H, W, 3)`` image to ``channels`` (1 or 3) channels.
 
     Grayscale is repeated to RGB; RGB becomes grayscale by ITU-R 601 luma weights.
+    Volumes are not converted: their channels must already match.
 
     Args:
-        array: The image.
-        channels: 1 or 3.
+        array: The image, or a ``(D, H, W)`` / ``(D, H, W, C)`` volume.
+        channels: 1 or 3 (volumes: what the model takes).
+        spatial_dims: 2 for images, 3 for volumes.
     """
+    if spatial_dims == 3:
+        found = 1 if array.ndim == 3 else int(array.shape[-1])
+        if found != channels:
+            raise ValueError(
+                f"volume of shape {tuple(array.shape)} has {found} channel(s) but the model "
+                f"takes {channels}; save volumes as (D, H, W, {channels})"
+                + (" or (D, H, W)" if channels == 1 else "")
+            )
+        return array
     if channels == 1 and array.ndim == 3:
         weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
         grey = array[..., :3].astype(np.float64) @ weights
@@ -243,7 +307,7 @@ def match_channels(array: np.ndarray, channels: int) -> np.ndarray:
 
 
 def normalize_image(image: Tensor, mode: str = "image") -> Tensor:
-    """Normalize a ``(C, H, W)`` image already scaled to [0, 1].
+    """Normalize a ``(C, H, W)`` image (or ``(C, D, H, W)`` volume) already in [0, 1].
 
     Args:
         image: The image.
@@ -255,6 +319,7 @@ def normalize_image(image: Tensor, mode: str = "image") -> Tensor:
         return image
     if mode != "image":
         raise ValueError(f"unknown normalization {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
-    mean = image.mean(dim=(-2, -1), keepdim=True)
-    std = image.std(dim=(-2, -1), keepdim=True, correction=0)
+    spatial = tuple(range(1, image.dim()))
+    mean = image.mean(dim=spatial, keepdim=True)
+    std = image.std(dim=spatial, keepdim=True, correction=0)
     return (image - mean) / (std + 1e-6)

@@ -11,6 +11,7 @@ from torch import nn
 
 from concatnets.models import create_model
 from concatnets.training.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from concatnets.training.dimensions import model_spatial_dims
 
 __all__ = ["TrainedModel", "load_trained_model", "resolve_checkpoint"]
 
@@ -45,6 +46,16 @@ class TrainedModel:
     def in_channels(self) -> int:
         """Channels the model takes (1 or 3)."""
         return int(self.metadata["in_channels"])
+
+    @property
+    def architecture(self) -> str:
+        """Registry name of the model."""
+        return str(self.metadata["architecture"])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for a model of images, 3 for a model of volumes."""
+        return model_spatial_dims(self.architecture, self.metadata["model_kwargs"])
 
     @property
     def normalization(self) -> str:

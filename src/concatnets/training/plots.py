@@ -14,6 +14,7 @@ from PIL import Image
 
 __all__ = [
     "class_palette",
+    "middle_slice",
     "overlay_mask",
     "plot_confusion_matrix",
     "plot_learning_curves",
@@ -100,16 +101,20 @@ def save_overlay_panel(
     """Save ``[image | target overlay | prediction overlay]`` side by side as a PNG.
 
     Small images are enlarged (nearest neighbour) so the panel is at least ``min_side``
-    pixels high.
+    pixels high. For volumes (a ``(D, H, W)`` prediction) the middle slice along depth
+    is shown.
 
     Args:
         path: Destination ``.png``.
-        image: The input image.
-        prediction: ``(H, W)`` predicted classes.
+        image: The input image; for volumes ``(C, D, H, W)`` or ``(D, H, W)``.
+        prediction: ``(H, W)`` predicted classes, or ``(D, H, W)`` for volumes.
         num_classes: Number of classes.
-        target: ``(H, W)`` true classes, or ``None`` (the panel then has two parts).
+        target: True classes shaped like ``prediction``, or ``None`` (the panel then has
+            two parts).
         min_side: Smallest height of the saved panel.
     """
+    if prediction.ndim == 3:
+        image, prediction, target = middle_slice(image, prediction, target)
     height, width = prediction.shape
     parts = [_display_rgb(image)]
     if target is not None:
@@ -127,6 +132,32 @@ def save_overlay_panel(
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
+
+
+def middle_slice(
+    volume: np.ndarray, prediction: np.ndarray, target: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The middle depth slice of a volume and of its ``(D, H, W)`` masks.
+
+    Args:
+        volume: ``(C, D, H, W)`` or ``(D, H, W)`` volume.
+        prediction: ``(D, H, W)`` predicted classes.
+        target: ``(D, H, W)`` true classes, or ``None``.
+    """
+    depth = prediction.shape[0]
+    middle = depth // 2
+    if volume.ndim == 4:
+        picture = volume[:, middle]
+        if picture.shape[0] not in (1, 3):
+            picture = picture[0]  # shown in grey: the first of C != 1, 3 channels
+    elif volume.ndim == 3 and volume.shape[0] == depth:
+        picture = volume[middle]
+    else:
+        raise ValueError(
+            f"volume of shape {volume.shape} does not match its {prediction.shape} mask; "
+            "pass (C, D, H, W) or (D, H, W)"
+        )
+    return picture, prediction[middle], None if target is None else target[middle]
 
 
 def plot_learning_curves(

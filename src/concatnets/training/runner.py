@@ -28,7 +28,7 @@ import torch
 from concatnets.data.datasets import LabelledDataset, resolve_size_policy
 from concatnets.data.masks import parse_mask_values
 from concatnets.data.notices import notice
-from concatnets.data.sources import LabelledData, open_labelled_data
+from concatnets.data.sources import LabelledData, describe_dims, open_labelled_data
 from concatnets.data.split import split_indices
 from concatnets.data.transforms import NORMALIZATIONS, Augment, SizePolicy, parse_augmentations
 from concatnets.models import create_model, get_model_spec
@@ -41,6 +41,7 @@ from concatnets.training.checkpoint import (
     load_model_weights,
 )
 from concatnets.training.config import TrainConfig, config_to_dict, write_config
+from concatnets.training.dimensions import check_model_fits_data, model_spatial_dims
 from concatnets.training.distributed import (
     DistributedContext,
     barrier,
@@ -102,8 +103,12 @@ class PreparedData:
         """One line: source, sizes, channels, classes and split."""
         data = self.data
         channels = "1 channel" if data.in_channels == 1 else f"{data.in_channels} channels"
+        if data.spatial_dims == 3:
+            samples = f"{len(data)} volumes (DxHxW {data.size_summary()})"
+        else:
+            samples = f"{len(data)} images ({data.size_summary()})"
         return (
-            f"data: {data.address}, {len(data)} images ({data.size_summary()}), {channels}, "
+            f"data: {data.address}, {samples}, {channels}, "
             f"{data.num_classes} classes ({', '.join(data.class_names)}); "
             f"train {len(self.train_set)} / val {len(self.val_set)}"
         )
@@ -150,6 +155,11 @@ def _open_validation(config: TrainConfig, data: LabelledData, task: str) -> Labe
         mask_values=mapping,
         task=task,
     )
+    if val.spatial_dims != data.spatial_dims:
+        raise ValueError(
+            f"--val-data {config.val_data} has {describe_dims(val.spatial_dims)} but --data "
+            f"has {describe_dims(data.spatial_dims)}; validate on data of the same kind"
+        )
     if task == "classification" and val.class_names != data.class_names:
         raise ValueError(
             f"--val-data {config.val_data} has classes {val.class_names} but --data has "
@@ -185,6 +195,7 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
         mask_values=mask_values,
         task=task,
     )
+    check_model_fits_data(config.model, model_spatial_dims(config.model, config.model_args), data)
     policy = resolve_size_policy(data, config.size_policy, config.patch_size)
     if config.val_data:
         val_data = _open_validation(config, data, task)
@@ -205,6 +216,11 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
     if loss == "auto":
         loss = "ce_dice" if task == "segmentation" else "ce"
     weight_map = None
+    if loss == "weighted_ce" and data.spatial_dims == 3:
+        raise ValueError(
+            "--loss weighted_ce (the U-Net paper's border weights) is computed on 2-D images "
+            "only; for volumes use --loss ce_dice (the default), dice or ce"
+        )
     if loss == "weighted_ce":
         weight_map = functools.partial(
             unet_weight_map, w0=config.border_w0, sigma=config.border_sigma
