@@ -58,8 +58,31 @@ def test_lists_and_options_are_parsed() -> None:
     assert defaults.allocator == "fixed" and defaults.device == "cpu"
 
 
+def test_model_args_reach_every_planned_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    planned: list[BenchConfig] = []
+
+    def fake_run(configs: list[BenchConfig], **kwargs: Any) -> list[dict[str, Any]]:
+        planned.extend(configs)
+        return _fake_run(configs, **kwargs)
+
+    monkeypatch.setattr(cli, "run_configs", fake_run)
+    argv = ["memory", "--models", "unet", "--modes", "naive,efficient", "--batch", "1"]
+    argv += ["--model-arg", "normalization=instance", "--model-arg", "depth=2"]
+    assert cli.main(argv) == 0
+    assert [c.mode for c in planned] == ["naive", "efficient"]
+    for config in planned:
+        assert config.model_kwargs == {"normalization": "instance", "depth": 2}
+        assert config.label == "unet depth=2,normalization=instance"
+
+
 @pytest.mark.parametrize(
-    "argv", [["memory", "--modes", "fast"], ["memory", "--depth-sweep", "40,x"], []]
+    "argv",
+    [
+        ["memory", "--modes", "fast"],
+        ["memory", "--depth-sweep", "40,x"],
+        ["memory", "--model-arg", "no-equals-sign"],
+        [],
+    ],
 )
 def test_bad_arguments_exit_with_usage(argv: list[str]) -> None:
     with pytest.raises(SystemExit):

@@ -52,3 +52,14 @@ def test_channels_last_runs_every_mode_in_that_layout() -> None:
     assert inputs.is_contiguous(memory_format=torch.channels_last)
     result = measure_interleaved(config, ["efficient"], rounds=1, warmup=0)
     assert result["channels_last"] and list(result["modes"]) == ["naive", "efficient"]
+
+
+def test_model_args_build_every_mode_with_them(tmp_path: Path) -> None:
+    output = tmp_path / "time.json"
+    argv = ["bench", "time", "--model", "unet_small", "--modes", "naive,efficient"]
+    argv += ["--batch", "2", "--image-size", "16", "--rounds", "1", "--warmup", "0"]
+    argv += ["--model-arg", "normalization=instance", "--model-arg", "depth=2"]
+    assert main([*argv, "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["model_kwargs"] == {"normalization": "instance", "depth": 2}
+    assert list(result["modes"]) == ["naive", "efficient"]

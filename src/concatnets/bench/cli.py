@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig
+from concatnets.bench.config import MODE_VALUES, BenchConfig, model_arg
 from concatnets.bench.environment import describe_environment, torchvision_status
 from concatnets.bench.interleaved import add_time_parser
 from concatnets.bench.presets import (
@@ -49,7 +49,9 @@ _EXAMPLES = """examples:
   concatnets bench memory --preset quick
   concatnets bench memory --preset all --output bench-results/
   concatnets bench memory --depth-sweep 40,100,160,250 --modes naive,efficient
-  concatnets bench memory --models densenet121 --batch 8 --image-size 224 --device cuda"""
+  concatnets bench memory --models densenet121 --batch 8 --image-size 224 --device cuda
+  concatnets bench memory --models unet --batch 4 --image-size 256 \\
+    --model-arg normalization=instance"""
 
 
 def _names(text: str) -> list[str]:
@@ -128,6 +130,15 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     how.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     how.add_argument(
         "--threads", type=int, help="torch.set_num_threads in every child (default: torch's)"
+    )
+    how.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        type=model_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder argument for every row, repeatable, e.g. --model-arg normalization=instance",
     )
     how.add_argument(
         "--channels-last",
@@ -268,6 +279,7 @@ def run_memory(args: argparse.Namespace) -> int:
         batch=args.batch,
         image_size=args.image_size,
         channels_last=args.channels_last,
+        model_kwargs=dict(args.model_args),
     )
     plan = build_plan(rows, settings, torchvision=use_torchvision)
     env = child_environment(args.allocator)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig
+from concatnets.bench.config import MODE_VALUES, BenchConfig, model_arg
 from concatnets.bench.memory import (
     UnsupportedModeError,
     _make_batch,
@@ -90,6 +90,7 @@ def measure_interleaved(
         "batch": config.batch,
         "image_size": config.image_size,
         "channels_last": config.channels_last,
+        "model_kwargs": config.model_kwargs,
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "warmup": warmup,
@@ -117,6 +118,15 @@ def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        type=model_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder argument, repeatable, e.g. --model-arg normalization=instance",
+    )
+    parser.add_argument(
         "--channels-last",
         action="store_true",
         help="model and input in the channels-last memory format (every mode)",
@@ -139,12 +149,14 @@ def run_time(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         channels_last=args.channels_last,
+        model_kwargs=dict(args.model_args),
     )
     result = measure_interleaved(config, modes, args.rounds, args.warmup)
     print(
         f"{result['model']} batch {result['batch']} {result['image_size']}px, "
         f"{result['threads']} thread(s), {result['rounds']} interleaved rounds"
         + (", channels-last" if result["channels_last"] else "")
+        + "".join(f", {k}={v}" for k, v in sorted(result["model_kwargs"].items()))
     )
     print("| mode | median step s | time x naive | median per-round ratio |")
     print("|---|---:|---:|---:|")

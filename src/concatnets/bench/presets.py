@@ -83,6 +83,7 @@ class PlanSettings:
         batch: Override of every row's batch size.
         image_size: Override of every row's input size.
         channels_last: Run every row in the channels-last memory format.
+        model_kwargs: Builder arguments added to every row's own (``--model-arg``).
     """
 
     modes: tuple[str, ...] = tuple(MODE_VALUES)
@@ -93,6 +94,7 @@ class PlanSettings:
     batch: int | None = None
     image_size: int | None = None
     channels_last: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def sweep_rows(
@@ -226,6 +228,8 @@ def build_plan(
         )
         channels_last = row.channels_last or settings.channels_last
         suffix = " (channels-last)" if channels_last and not row.channels_last else ""
+        if settings.model_kwargs:
+            suffix += " " + ",".join(f"{k}={v}" for k, v in sorted(settings.model_kwargs.items()))
         for mode in modes + tv_modes:
             plan.append(
                 BenchConfig(
@@ -237,7 +241,7 @@ def build_plan(
                     warmup=_pick(settings.warmup, row.warmup),
                     device=settings.device,
                     threads=settings.threads,
-                    model_kwargs=dict(row.model_kwargs),
+                    model_kwargs={**row.model_kwargs, **settings.model_kwargs},
                     group=row.group,
                     label=(row.label or row.model) + suffix,
                     depth=row.depth,
