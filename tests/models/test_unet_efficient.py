@@ -188,3 +188,25 @@ def test_torch_compile_runs_the_efficient_path() -> None:
     weighted_loss(naive(x)).backward()
     for (name, a), b in zip(naive.named_parameters(), efficient.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_channel_images_still_compute_in_channels_last(dims: int) -> None:
+    """A one-channel image fits every layout; the engine must not fall back to NCHW."""
+    torch.manual_seed(0)
+    model = UNet(spatial_dims=dims, in_channels=1, num_classes=2, depth=2, features=4)
+    model.memory_efficient = True
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    saved: list[torch.Tensor] = []
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in parameters and t.dim() == dims + 2:
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(torch.randn(2, 1, *(16,) * dims))
+    maps = [t for t in saved if t.shape[1] > 1]
+    assert maps and all(t.is_contiguous(memory_format=layout) for t in maps)
+    out.sum().backward()

@@ -25,7 +25,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
-from concatnets.engine.layout import layout_of
+from concatnets.engine.layout import layout_of, preferred_layout, to_layout
 from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
 
@@ -135,11 +135,17 @@ def _part_tensors(params: Sequence[Tensor | None], index: int) -> _PartTensors:
 
 
 def _normalized_input(part: NormActPart, t: _PartTensors) -> Tensor:
-    """The normalisation's input: ``tensor``, or ``source_conv(tensor)`` recomputed."""
+    """The normalisation's input: ``tensor``, or ``source_conv(tensor)`` recomputed.
+
+    A source convolution's output takes the engine's preferred layout: reading a
+    one-channel image, whose strides fit every layout, the backend would otherwise pick
+    the default layout for it and for everything computed from it.
+    """
     if part.source_conv is None:
         return t.x
     assert t.source_weight is not None
-    return conv_forward(part.source_conv, t.x, t.source_weight, t.source_bias)
+    z = conv_forward(part.source_conv, t.x, t.source_weight, t.source_bias)
+    return to_layout(z, preferred_layout(z))
 
 
 def _normalize(part: NormActPart, x: Tensor, t: _PartTensors, out: Tensor | None = None) -> Tensor:
@@ -265,6 +271,9 @@ def _part_backward(
     grad_value, grad_w, _ = conv_backward(conv, grad_out, value, part_weight, has_bias=False)
     assert grad_value is not None and grad_w is not None
     grad_weight.narrow(in_dim, channels.start, channels.stop - channels.start).copy_(grad_w)
+    # A convolution with few output channels (a U-Net's head) may return its input
+    # gradient in the default layout; the elementwise backward below wants one layout.
+    grad_value = to_layout(grad_value, layout_of(value))
     del grad_w, value
     grad_then_w = grad_then_b = None
     grad_pooled = grad_value
@@ -328,6 +337,7 @@ class _NormActConvFunction(torch.autograd.Function):
         y = normalize_parts(parts, part_params)
         out = conv_forward(conv, y, weight, bias)
         ctx.conv = conv
+        ctx.layout = layout_of(y)  # the input's: the backend may give a few-channel output another
         # The parts' tensors are saved below; ctx keeps only their descriptions.
         ctx.parts = [part.shape_only() for part in parts]
         ctx.save_for_backward(*tensors)
@@ -338,6 +348,10 @@ class _NormActConvFunction(torch.autograd.Function):
         tensors = ctx.saved_tensors
         parts: Sequence[NormActPart] = ctx.parts
         weight, bias = tensors[-2], tensors[-1]
+        # The gradient arrives in whatever layout the consumer made (e.g. a contiguous
+        # copy of the logits); in another layout than the forward input's, every
+        # convolution backward below would reorder it and its results into transient copies.
+        grad_out = grad_out.contiguous(memory_format=ctx.layout)
         grad_weight = torch.empty_like(weight)
         grads: list[Tensor | None] = []
         start = 0

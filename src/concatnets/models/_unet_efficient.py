@@ -56,6 +56,7 @@ def _first_conv(block: ConvBlock, image: Tensor) -> NormActPart:
     """
     with torch.no_grad():
         z1 = block.conv1(image)
+        z1 = to_layout(z1, preferred_layout(z1))  # as the engine's recompute does
     return replace(_activated(block.norm1, z1), tensor=image, source_conv=block.conv1)
 
 
