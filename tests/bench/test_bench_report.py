@@ -96,6 +96,12 @@ def test_table_has_one_line_per_configuration(results: list[dict[str, Any]]) -> 
     assert any("| unet | naive |" in line and "failed" in line for line in table)
 
 
+def test_table_shows_the_measured_input_size_of_3d_models(results: list[dict[str, Any]]) -> None:
+    volume = {**results[0], "input_shape": [2, 1, 64, 64, 64]}
+    assert "| 64x64x64 |" in markdown_table([volume])
+    assert "| 32x32 |" in markdown_table([{**results[0], "input_shape": [8, 3, 32, 32]}])
+
+
 def _payload(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "command": "concatnets bench memory --preset all",

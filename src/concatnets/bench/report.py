@@ -93,7 +93,10 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def _input(config: Mapping[str, Any]) -> str:
+def _input(config: Mapping[str, Any], input_shape: Sequence[int] | None = None) -> str:
+    """The input's spatial size, e.g. ``256x256`` or, for a measured 3-D model, ``64x64x64``."""
+    if input_shape:
+        return "x".join(str(side) for side in input_shape[2:])
     return f"{config['image_size']}x{config['image_size']}"
 
 
@@ -106,7 +109,8 @@ def markdown_table(results: Sequence[Mapping[str, Any]]) -> str:
     ]
     for r in results:
         c = r["config"]
-        head = f"| {c['group']} | {c['label']} | {c['mode']} | {c['batch']} | {_input(c)} "
+        size = _input(c, r.get("input_shape"))
+        head = f"| {c['group']} | {c['label']} | {c['mode']} | {c['batch']} | {size} "
         if _ok(r):
             lines.append(
                 f"{head}| {r['peak_growth_mib']:.1f} | {_ratio(r.get('memory_ratio'))} "
