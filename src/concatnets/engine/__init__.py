@@ -8,7 +8,7 @@ concatenation, pooling and up-convolution recomputed in backward).
 from __future__ import annotations
 
 from concatnets.engine.block_buffer import BottleneckPolicy, DenseLayerLike, dense_block
-from concatnets.engine.norm_act_conv import NormActPart, norm_act_conv
+from concatnets.engine.parts_conv import NormActPart, norm_act_conv
 from concatnets.engine.stats import NormStats, norm_stats
 
 __all__ = [
