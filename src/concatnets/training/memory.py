@@ -13,8 +13,9 @@ def peak_memory_bytes(device: torch.device | str) -> int:
     """Peak memory so far on ``device``.
 
     On CUDA: ``torch.cuda.max_memory_allocated`` (since the last :func:`reset_peak_memory`).
-    On CPU: the process's resident-set high-water mark from ``getrusage`` (never resets;
-    it includes the Python interpreter and PyTorch itself). 0 where unavailable.
+    On CPU: the process's resident-set high-water mark from ``getrusage``, since the last
+    :func:`reset_peak_memory` on Linux (since the process started elsewhere); it includes
+    the Python interpreter and PyTorch itself. 0 where unavailable.
 
     Args:
         device: The device training runs on.
@@ -31,7 +32,10 @@ def peak_memory_bytes(device: torch.device | str) -> int:
 
 
 def reset_peak_memory(device: torch.device | str) -> None:
-    """Restart CUDA peak tracking (a no-op on CPU, whose high-water mark cannot be reset).
+    """Restart peak tracking: CUDA's allocator peak, or on Linux the resident-set mark.
+
+    Linux resets a process's high-water mark when ``5`` is written to
+    ``/proc/self/clear_refs``; elsewhere the CPU mark cannot be reset and this is a no-op.
 
     Args:
         device: The device training runs on.
@@ -39,6 +43,12 @@ def reset_peak_memory(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass  # not Linux, or not permitted: the mark keeps counting from process start
 
 
 def format_bytes(count: float) -> str:

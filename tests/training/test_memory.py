@@ -1,0 +1,24 @@
+"""Peak-memory readings shown in the training log."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from concatnets.training.memory import format_bytes, peak_memory_bytes, reset_peak_memory
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the mark resets on Linux only")
+def test_cpu_peak_restarts_after_a_reset() -> None:
+    big = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+    before = peak_memory_bytes("cpu")
+    del big
+    reset_peak_memory("cpu")
+    after = peak_memory_bytes("cpu")
+    assert after < before - 32 * 2**20  # the freed 64 MiB no longer counts
+
+
+def test_format_bytes_uses_binary_units() -> None:
+    assert format_bytes(3 * 2**20) == "3.0 MiB"
