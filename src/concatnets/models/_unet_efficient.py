@@ -1,14 +1,17 @@
 """U-Net's memory-efficient forward on the shared engine (one mechanism with DenseNet).
 
-Every convolution reads ``relu(bn(z))`` of the previous convolution's output ``z``
+Every convolution reads ``relu(norm(z))`` of the previous convolution's output ``z``
 through :func:`concatnets.engine.norm_act_conv`, so only the convolution outputs (before
-normalisation) and per-channel statistics are kept for backward; normalisation and ReLU
-are recomputed from the saved statistics, and running statistics are updated once. The
-decoder's first convolution reads the concatenation ``[skip, up]`` as two parts written
-straight into one transient buffer: the encoder's normalised skip map (centre-cropped
-for valid padding) and the upsampled map; no ``torch.cat`` copy is made or stored. The
-next encoder level's first convolution reads ``max_pool(relu(bn(z)))`` as a pooled part,
-so the pooled map is not stored either.
+normalisation) and their statistics (per channel for batch norm, per sample for group and
+instance norm) are kept for backward; normalisation and ReLU are recomputed from the
+saved statistics, and running statistics are updated once. The decoder's first
+convolution reads the concatenation ``[skip, up]`` as two parts written straight into one
+transient buffer: the encoder's normalised skip map (centre-cropped for valid padding)
+and the up-convolved map (recomputed in backward); no ``torch.cat`` copy is made or
+stored. The next encoder level's first convolution reads ``max_pool(relu(norm(z)))`` as a
+pooled part, and level 0's first convolution, which reads the few-channel image, is
+recomputed in backward, so neither the pooled maps nor the network's largest map are
+stored. On CPU everything runs in channels-last (:mod:`concatnets.engine.layout`).
 """
 
 from __future__ import annotations
