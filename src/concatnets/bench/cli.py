@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig, model_arg
+from concatnets.bench.config import MODE_VALUES, BenchConfig
 from concatnets.bench.environment import describe_environment, torchvision_status
 from concatnets.bench.interleaved import add_time_parser
 from concatnets.bench.presets import (
@@ -37,6 +37,7 @@ from concatnets.bench.report import (
     write_json,
 )
 from concatnets.bench.runner import ALLOCATOR_SETTINGS, child_environment, run_configs
+from concatnets.training.config import model_arg_type
 
 __all__ = ["add_memory_parser", "add_parser", "build_parser", "main", "run_memory"]
 
@@ -135,7 +136,7 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model-arg",
         dest="model_args",
         action="append",
-        type=model_arg,
+        type=model_arg_type,
         default=[],
         metavar="KEY=VALUE",
         help="builder argument for every row, repeatable, e.g. --model-arg normalization=instance",

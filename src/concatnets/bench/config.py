@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,7 +12,6 @@ __all__ = [
     "TORCHVISION_MODES",
     "BenchConfig",
     "comparison_key",
-    "model_arg",
 ]
 
 # Bench mode name -> the model's ``memory_efficient`` argument.
@@ -120,13 +118,3 @@ def comparison_key(config: BenchConfig) -> tuple[Any, ...]:
         config.device,
         config.channels_last,
     )
-
-
-def model_arg(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` for ``--model-arg`` (a YAML value), as an argparse type."""
-    from concatnets.training.config import parse_model_arg
-
-    try:
-        return parse_model_arg(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None

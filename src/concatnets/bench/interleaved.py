@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig, model_arg
+from concatnets.bench.config import MODE_VALUES, BenchConfig
 from concatnets.bench.memory import (
     UnsupportedModeError,
     _make_batch,
     _train_step,
     prepare_model,
 )
+from concatnets.training.config import model_arg_type
 
 __all__ = ["add_time_parser", "measure_interleaved", "run_time"]
 
@@ -121,7 +122,7 @@ def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model-arg",
         dest="model_args",
         action="append",
-        type=model_arg,
+        type=model_arg_type,
         default=[],
         metavar="KEY=VALUE",
         help="builder argument, repeatable, e.g. --model-arg normalization=instance",

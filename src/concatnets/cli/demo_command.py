@@ -17,7 +17,7 @@ from typing import Any
 
 from concatnets.cli.common import HelpFormatter, describe, epilog
 from concatnets.data.notices import notice
-from concatnets.training.config import TrainConfig
+from concatnets.training.config import TrainConfig, model_arg_type
 from concatnets.training.runner import run_training
 
 __all__ = ["DEMO_CONFIG", "add_parser", "compare_memory", "run"]
@@ -167,15 +167,6 @@ def _bench_device(config: TrainConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model_arg(text: str) -> tuple[str, Any]:
-    from concatnets.training.config import parse_model_arg
-
-    try:
-        return parse_model_arg(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``demo`` on the main CLI."""
     parser = subparsers.add_parser(
@@ -205,7 +196,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model-arg",
         dest="model_args",
         action="append",
-        type=_model_arg,
+        type=model_arg_type,
         default=[],
         metavar="KEY=VALUE",
         help="override a unet_small builder argument, e.g. features=8",

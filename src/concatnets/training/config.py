@@ -15,6 +15,7 @@ file is itself a valid ``--config``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -41,6 +42,7 @@ __all__ = [
     "apply_settings",
     "config_to_dict",
     "load_config_file",
+    "model_arg_type",
     "parse_model_arg",
     "write_config",
 ]
@@ -118,6 +120,14 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+def model_arg_type(text: str) -> tuple[str, Any]:
+    """:func:`parse_model_arg` as an argparse ``type``: a bad flag becomes a usage error."""
+    try:
+        return parse_model_arg(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
