@@ -18,9 +18,7 @@ import gc
 import importlib
 import os
 import platform
-import resource
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
 from concatnets.bench.config import BenchConfig
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
 LEARNING_RATE = 1e-3
 PRIMING_BATCH = 2
 _MIB = 1024.0 * 1024.0
-_CLEAR_REFS = "/proc/self/clear_refs"
 
 
 class UnsupportedModeError(RuntimeError):
@@ -165,11 +163,6 @@ def _release_free_heap() -> bool:
         return False
 
 
-def _maxrss_bytes() -> int:
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
-
-
 def _current_rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as statm:
@@ -178,36 +171,27 @@ def _current_rss_bytes() -> int | None:
         return None
 
 
-def _reset_high_water_mark() -> bool:
-    try:
-        with open(_CLEAR_REFS, "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
 class _CpuTracker:
     """Peak resident-size growth over a baseline taken at construction."""
 
     def __init__(self) -> None:
         current = _current_rss_bytes()
-        self.resettable = current is not None and _reset_high_water_mark()
+        self.resettable = current is not None and reset_resident_peak()
         if current is not None and self.resettable:
             self.method = "ru_maxrss after /proc/self/clear_refs reset, minus baseline VmRSS"
             self.baseline = current
         else:
             self.method = "ru_maxrss minus baseline ru_maxrss (lower bound)"
-            self.baseline = _maxrss_bytes()
+            self.baseline = resident_peak_bytes()
 
     def start_step(self) -> None:
         if self.resettable:
-            _reset_high_water_mark()
+            reset_resident_peak()
 
     def step_peak_growth(self) -> int:
         # The kernel's RSS counters are approximate per CPU; the current size can read
         # a little above the high-water mark, so take whichever is larger.
-        peak = max(_maxrss_bytes(), _current_rss_bytes() or 0)
+        peak = max(resident_peak_bytes(), _current_rss_bytes() or 0)
         return max(0, peak - self.baseline)
 
     def retained(self) -> int | None:

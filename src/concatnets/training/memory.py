@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import torch
+
+from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
 
 __all__ = ["format_bytes", "peak_memory_bytes", "reset_peak_memory"]
 
@@ -23,19 +23,14 @@ def peak_memory_bytes(device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS: bytes, Linux: KiB
+    return resident_peak_bytes()
 
 
 def reset_peak_memory(device: torch.device | str) -> None:
-    """Restart peak tracking: CUDA's allocator peak, or on Linux the resident-set mark.
+    """Restart peak tracking: CUDA's allocator peak, or the resident-set mark on Linux.
 
-    Linux resets a process's high-water mark when ``5`` is written to
-    ``/proc/self/clear_refs``; elsewhere the CPU mark cannot be reset and this is a no-op.
+    Elsewhere the CPU mark cannot be reset (:func:`reset_resident_peak`) and it keeps
+    counting from process start.
 
     Args:
         device: The device training runs on.
@@ -43,12 +38,8 @@ def reset_peak_memory(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        pass  # not Linux, or not permitted: the mark keeps counting from process start
+    else:
+        reset_resident_peak()
 
 
 def format_bytes(count: float) -> str:
