@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from concatnets.engine.layout import layout_of
+from concatnets.engine.stats import scale_shift_act
 
 __all__ = [
     "GroupStats",
@@ -105,10 +106,7 @@ def group_norm_act(
     if bias is not None:
         shift = shift + bias
     view = (*scale.shape, *(1,) * (x.dim() - 2))
-    if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout_of(x))
-    torch.addcmul(shift.view(view), x, scale.view(view), out=out)
-    return out.relu_() if activation else out
+    return scale_shift_act(x, scale.view(view), shift.view(view), activation=activation, out=out)
 
 
 def group_norm_backward(

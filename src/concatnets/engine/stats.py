@@ -26,6 +26,7 @@ __all__ = [
     "norm_act_forward",
     "norm_stats",
     "relu_backward_",
+    "scale_shift_act",
     "update_running_stats",
     "uses_batch_stats",
 ]
@@ -148,9 +149,20 @@ def norm_act(
     scale = stats.invstd if weight is None else stats.invstd * weight
     shift = -stats.mean * scale if bias is None else bias - stats.mean * scale
     view = (-1,) + (1,) * (x.dim() - 2)
+    return scale_shift_act(x, scale.view(view), shift.view(view), activation=activation, out=out)
+
+
+def scale_shift_act(
+    x: Tensor, scale: Tensor, shift: Tensor, *, activation: bool, out: Tensor | None
+) -> Tensor:
+    """``relu(x * scale + shift)`` into ``out`` or a new tensor in ``x``'s layout.
+
+    ``scale`` and ``shift`` broadcast against ``x`` (per channel, or per sample and
+    channel); one fused multiply-add per element.
+    """
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout_of(x))
-    torch.addcmul(shift.view(view), x, scale.view(view), out=out)
+    torch.addcmul(shift, x, scale, out=out)
     return out.relu_() if activation else out
 
 
