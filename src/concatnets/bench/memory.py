@@ -28,6 +28,7 @@ from torch import nn
 
 from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
 from concatnets.bench.config import BenchConfig
+from concatnets.engine.layout import channels_last_format
 
 __all__ = [
     "LEARNING_RATE",
@@ -84,21 +85,12 @@ def build_model(config: BenchConfig) -> nn.Module:
         ) from error
 
 
-def _channels_last(rank: int) -> torch.memory_format:
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    if rank not in formats:
-        raise ValueError(
-            f"channels-last needs a 2-D or 3-D model (4-D or 5-D input), got a {rank}-D input"
-        )
-    return formats[rank]
-
-
 def prepare_model(config: BenchConfig, device: torch.device) -> nn.Module:
     """The configured model on ``device`` in training mode, in channels-last if asked."""
     model = build_model(config).to(device).train()
     if config.channels_last:
         rank = len(_first_conv(model).kernel_size) + 2
-        model = model.to(memory_format=_channels_last(rank))
+        model = model.to(memory_format=channels_last_format(rank))
     return model
 
 
@@ -141,7 +133,7 @@ def _make_batch(
     spatial = (config.image_size,) * len(conv.kernel_size)
     inputs = torch.randn(config.batch, conv.in_channels, *spatial, device=device)
     if config.channels_last:
-        inputs = inputs.contiguous(memory_format=_channels_last(inputs.dim()))
+        inputs = inputs.contiguous(memory_format=channels_last_format(inputs.dim()))
     # Two samples, not one: batch norm in training mode needs more than one value
     # per channel when the last feature map is 1x1.
     output_shape = _prime(model, inputs[:PRIMING_BATCH])

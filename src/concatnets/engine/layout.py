@@ -15,9 +15,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["layout_of", "preferred_layout", "to_layout"]
+__all__ = ["channels_last_format", "layout_of", "preferred_layout", "to_layout"]
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def channels_last_format(ndim: int) -> torch.memory_format:
+    """The channels-last memory format of ``ndim``-D tensors (4-D images, 5-D volumes)."""
+    if ndim not in _CHANNELS_LAST:
+        raise ValueError(
+            f"channels-last needs a 2-D or 3-D model (4-D or 5-D input), got a {ndim}-D input"
+        )
+    return _CHANNELS_LAST[ndim]
 
 
 def layout_of(x: Tensor) -> torch.memory_format:
