@@ -153,30 +153,20 @@ def _open_builtin(name: str, num_images: int, image_size: int | None, seed: int)
         raise ValueError(f"--num-images {num_images} is too small; use at least 2")
     size = image_size or _DEFAULT_BUILTIN_SIZE[name]
     address = f"builtin:{name}"
-    if name == "cells3d":
-        volumes, masks = make_cells3d(num_images, size, seed)
+    if name in ("cells", "cells3d"):
+        spatial_dims = 3 if name == "cells3d" else 2
+        make = make_cells3d if spatial_dims == 3 else make_cells
+        images, masks = make(num_images, size, seed)
         return LabelledData(
             address,
             "segmentation",
             list(CELL_CLASSES),
             1,
-            [(size, size, size)] * num_images,
-            [f"cells3d-{i:04d}" for i in range(num_images)],
-            images=volumes,
-            masks=masks,
-            spatial_dims=3,
-        )
-    if name == "cells":
-        images, masks = make_cells(num_images, size, seed)
-        return LabelledData(
-            address,
-            "segmentation",
-            list(CELL_CLASSES),
-            1,
-            [(size, size)] * num_images,
-            [f"cells-{i:04d}" for i in range(num_images)],
+            [(size,) * spatial_dims] * num_images,
+            [f"{name}-{i:04d}" for i in range(num_images)],
             images=images,
             masks=masks,
+            spatial_dims=spatial_dims,
         )
     images, labels = make_shapes(num_images, size, seed)
     return LabelledData(
