@@ -29,7 +29,7 @@ from concatnets.engine.layout import layout_of, preferred_layout, to_layout
 from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
 
-__all__ = ["NormActPart", "norm_act_conv", "normalize_parts"]
+__all__ = ["NormActPart", "norm_act_conv", "normalize_parts", "source_conv_output"]
 
 
 @dataclass(frozen=True)
@@ -134,18 +134,23 @@ def _part_tensors(params: Sequence[Tensor | None], index: int) -> _PartTensors:
     return _PartTensors(*params[_TENSORS_PER_PART * index : _TENSORS_PER_PART * (index + 1)])
 
 
-def _normalized_input(part: NormActPart, t: _PartTensors) -> Tensor:
-    """The normalisation's input: ``tensor``, or ``source_conv(tensor)`` recomputed.
+def source_conv_output(conv: _ConvNd, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A ``source_conv`` part's normalisation input, the same in forward and backward.
 
-    A source convolution's output takes the engine's preferred layout: reading a
-    one-channel image, whose strides fit every layout, the backend would otherwise pick
-    the default layout for it and for everything computed from it.
+    It takes the engine's preferred layout: reading a one-channel image, whose strides fit
+    every layout, the backend would otherwise pick the default layout for it and for
+    everything computed from it.
     """
+    z = conv_forward(conv, x, weight, bias)
+    return to_layout(z, preferred_layout(z))
+
+
+def _normalized_input(part: NormActPart, t: _PartTensors) -> Tensor:
+    """The normalisation's input: ``tensor``, or ``source_conv(tensor)`` recomputed."""
     if part.source_conv is None:
         return t.x
     assert t.source_weight is not None
-    z = conv_forward(part.source_conv, t.x, t.source_weight, t.source_bias)
-    return to_layout(z, preferred_layout(z))
+    return source_conv_output(part.source_conv, t.x, t.source_weight, t.source_bias)
 
 
 def _normalize(part: NormActPart, x: Tensor, t: _PartTensors, out: Tensor | None = None) -> Tensor:

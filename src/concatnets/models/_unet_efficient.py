@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from concatnets.engine import NormActPart, norm_act_conv
 from concatnets.engine.group_stats import group_norm_forward, is_group_norm
 from concatnets.engine.layout import preferred_layout, to_layout
+from concatnets.engine.parts_conv import source_conv_output
 from concatnets.engine.precision import in_full_precision
 from concatnets.engine.stats import norm_act_forward
 from concatnets.ops import crop_slices
@@ -57,9 +58,9 @@ def _first_conv(block: ConvBlock, image: Tensor) -> NormActPart:
     The image has few channels, so recomputing the first convolution costs little time
     and saves storing its full-resolution output (the largest map of the network).
     """
+    conv = block.conv1
     with torch.no_grad():
-        z1 = block.conv1(image)
-        z1 = to_layout(z1, preferred_layout(z1))  # as the engine's recompute does
+        z1 = source_conv_output(conv, image, conv.weight, conv.bias)  # as backward recomputes
     return replace(_activated(block.norm1, z1), tensor=image, source_conv=block.conv1)
 
 
