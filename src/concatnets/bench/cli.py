@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig
+from concatnets.bench.config import MODE_VALUES, BenchConfig, add_model_options
 from concatnets.bench.environment import describe_environment, torchvision_status
 from concatnets.bench.interleaved import add_time_parser
 from concatnets.bench.presets import (
@@ -37,7 +37,6 @@ from concatnets.bench.report import (
     write_json,
 )
 from concatnets.bench.runner import ALLOCATOR_SETTINGS, child_environment, run_configs
-from concatnets.training.config import model_arg_type
 
 __all__ = ["add_memory_parser", "add_parser", "build_parser", "main", "run_memory"]
 
@@ -132,20 +131,7 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     how.add_argument(
         "--threads", type=int, help="torch.set_num_threads in every child (default: torch's)"
     )
-    how.add_argument(
-        "--model-arg",
-        dest="model_args",
-        action="append",
-        type=model_arg_type,
-        default=[],
-        metavar="KEY=VALUE",
-        help="builder argument for every row, repeatable, e.g. --model-arg normalization=instance",
-    )
-    how.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="model and input in the channels-last memory format, in every mode",
-    )
+    add_model_options(how)
     how.add_argument(
         "--allocator",
         choices=sorted(ALLOCATOR_SETTINGS),

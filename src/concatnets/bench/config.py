@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ __all__ = [
     "SOURCES",
     "TORCHVISION_MODES",
     "BenchConfig",
+    "add_model_options",
     "comparison_key",
 ]
 
@@ -117,4 +119,28 @@ def comparison_key(config: BenchConfig) -> tuple[Any, ...]:
         config.image_size,
         config.device,
         config.channels_last,
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--model-arg`` and ``--channels-last``: how every mode's model is built.
+
+    They fill :attr:`BenchConfig.model_kwargs` and :attr:`BenchConfig.channels_last`.
+    """
+    from concatnets.training.config import model_arg_type  # CLI only: children stay light
+
+    parser.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        type=model_arg_type,
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder argument for every model, repeatable, e.g. "
+        "--model-arg normalization=instance",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model and input in the channels-last memory format, in every mode",
     )

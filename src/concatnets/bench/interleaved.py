@@ -19,14 +19,13 @@ from typing import Any
 
 import torch
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig
+from concatnets.bench.config import MODE_VALUES, BenchConfig, add_model_options
 from concatnets.bench.memory import (
     UnsupportedModeError,
     _make_batch,
     _train_step,
     prepare_model,
 )
-from concatnets.training.config import model_arg_type
 
 __all__ = ["add_time_parser", "measure_interleaved", "run_time"]
 
@@ -118,20 +117,7 @@ def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--model-arg",
-        dest="model_args",
-        action="append",
-        type=model_arg_type,
-        default=[],
-        metavar="KEY=VALUE",
-        help="builder argument, repeatable, e.g. --model-arg normalization=instance",
-    )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="model and input in the channels-last memory format (every mode)",
-    )
+    add_model_options(parser)
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     parser.set_defaults(func=run_time)
     return parser
