@@ -22,6 +22,7 @@ Fault -> test:
 - full disk while saving -> test_fault_full_disk_while_saving_keeps_previous_checkpoint
 - output folder holding another run -> test_fault_output_folder_holds_another_run
 - --resume of a run killed before its first save -> test_fault_resume_of_a_run_without_checkpoint
+- a run folder in use by another process -> test_fault_run_folder_in_use_by_another_process
 
 Ctrl-C, SIGKILL and exact resume: tests/training/test_train_interrupt_resume.py and
 tests/cli/test_train_sigkill.py; torchrun: tests/cli/test_train_torchrun.py.
@@ -31,7 +32,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -377,3 +381,47 @@ def test_fault_resume_of_a_run_without_checkpoint(
     line = _fails(["train", "--resume", str(run)], capsys)
     assert "holds no last.json checkpoint (the run stopped before it saved one)" in line
     assert f"--output {run} --overwrite" in line
+
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from concatnets.training.run_lock import locked_run_folder
+with locked_run_folder(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_fault_run_folder_in_use_by_another_process(
+    run_copy: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = run_copy
+    before = _snapshot(run)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        args = ["train", *UNET, "--data", str(data), *FAST, "--output", str(run)]
+        line = _fails([*args, "--overwrite"], capsys)
+        assert f"run folder {run} is in use by another `concatnets train`" in line
+        assert f"(process {holder.pid})" in line
+        line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+        assert f"(process {holder.pid})" in line and f"then --resume {run}" in line
+        assert {k: v for k, v in _snapshot(run).items() if k != ".concatnets.lock"} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The dead holder's lock file is left behind; it does not block the next run.
+    assert (run / ".concatnets.lock").exists()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert not (run / ".concatnets.lock").exists()
+    # A new --output that is refused for another reason leaves no folder behind.
+    capsys.readouterr()
+    out = tmp_path / "new" / "run"
+    _fails(["train", *UNET, "--data", str(tmp_path / "nope"), *FAST, "--output", str(out)], capsys)
+    assert not (tmp_path / "new").exists()

@@ -16,6 +16,7 @@ or asks to overwrite it.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import time
@@ -53,6 +54,7 @@ from concatnets.training.distributed import (
 from concatnets.training.losses import build_loss
 from concatnets.training.optim import build_optimizer, build_scheduler
 from concatnets.training.rng import configure_determinism, seed_everything
+from concatnets.training.run_lock import locked_run_folder
 from concatnets.training.trainer import Trainer, TrainerState
 
 __all__ = [
@@ -295,31 +297,38 @@ def remove_run_files(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _resolve_run_dir(config: TrainConfig, resume: Path | None, overwrite: bool) -> Path:
-    if resume is not None:
-        if overwrite:
-            raise ValueError(
-                "--resume and --overwrite contradict each other; drop --overwrite to continue "
-                f"the run in {resume}, or drop --resume to replace it"
+def _check_resume_target(resume: Path, overwrite: bool) -> None:
+    """Refuse a ``--resume`` folder that does not hold a resumable run (nothing written)."""
+    if overwrite:
+        raise ValueError(
+            "--resume and --overwrite contradict each other; drop --overwrite to continue "
+            f"the run in {resume}, or drop --resume to replace it"
+        )
+    if not resume.exists():
+        raise FileNotFoundError(
+            f"--resume {resume} does not exist; pass the run folder written by "
+            "`concatnets train` (it holds config.json and last.json)"
+        )
+    if not resume.is_dir():
+        raise NotADirectoryError(
+            f"--resume {resume} is a file, not a run folder; pass the folder written by "
+            "`concatnets train` (it holds config.json and last.json)"
+        )
+    if not (resume / "last.json").exists():
+        started = (resume / "config.json").exists()
+        raise FileNotFoundError(
+            f"--resume {resume} holds no last.json checkpoint"
+            + (
+                " (the run stopped before it saved one); start it again with "
+                f"--output {resume} --overwrite"
+                if started
+                else "; pass a run folder written by `concatnets train`"
             )
-        if not resume.is_dir():
-            raise FileNotFoundError(
-                f"--resume {resume} is not a run folder; pass the folder written by "
-                "`concatnets train` (it holds config.json and last.json)"
-            )
-        if not (resume / "last.json").exists():
-            started = (resume / "config.json").exists()
-            raise FileNotFoundError(
-                f"--resume {resume} holds no last.json checkpoint"
-                + (
-                    " (the run stopped before it saved one); start it again with "
-                    f"--output {resume} --overwrite"
-                    if started
-                    else "; pass a run folder written by `concatnets train`"
-                )
-            )
-        return resume
-    run_dir = Path(config.output) if config.output else default_run_dir(config)
+        )
+
+
+def _check_output(run_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``--output`` folder that holds another run, unless overwriting."""
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--output {run_dir} is a file; choose a folder path for the run")
     existing = find_run_files(run_dir)
@@ -329,7 +338,6 @@ def _resolve_run_dir(config: TrainConfig, resume: Path | None, overwrite: bool) 
             f"run folder {run_dir} already holds a run ({shown}); continue it with "
             f"--resume {run_dir}, replace it with --overwrite, or choose another --output"
         )
-    return run_dir
 
 
 def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, ctx: DistributedContext) -> None:
@@ -431,16 +439,37 @@ def run_training(
     spec = get_model_spec(config.model)
     if spec.task not in ("segmentation", "classification"):
         raise ValueError(f"model {config.model!r} has unsupported task {spec.task!r}")
-    run_dir = _resolve_run_dir(config, resume_dir, overwrite)
+    if resume_dir is not None:
+        _check_resume_target(resume_dir, overwrite)
+        run_dir = resume_dir
+    else:
+        run_dir = Path(config.output) if config.output else default_run_dir(config)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise NotADirectoryError(
+                f"--output {run_dir} is a file; choose a folder path for the run"
+            )
     if config.epochs < 1:
         raise ValueError(f"--epochs {config.epochs} must be at least 1")
+    # Only rank 0 writes the folder; under torchrun the others must not contend for it.
+    main_process = os.environ.get("RANK", "0") == "0"
+    again = f"--resume {run_dir}" if resume_dir is not None else "run again"
+    with locked_run_folder(run_dir, enabled=main_process, purpose=again):
+        if resume_dir is None:
+            _check_output(run_dir, overwrite)
+        return _train_in_folder(config, spec.task, run_dir, resume_dir, overwrite)
+
+
+def _train_in_folder(
+    config: TrainConfig, task: str, run_dir: Path, resume_dir: Path | None, overwrite: bool
+) -> TrainResult:
+    """The body of :func:`run_training`, run while this process holds the folder's lock."""
     ctx: DistributedContext = init_distributed(None if config.device == "auto" else config.device)
     determinism = _determinism_settings()
     try:
         if config.deterministic:
             configure_determinism(True)
         seed_everything(config.seed)
-        prepared = prepare_data(config, spec.task)
+        prepared = prepare_data(config, task)
         workers = config.workers
         if workers is None:
             workers = 4 if ctx.device.type == "cuda" else 0
@@ -469,7 +498,7 @@ def run_training(
         metadata = {
             "architecture": config.model,
             "model_kwargs": kwargs,
-            "task": spec.task,
+            "task": task,
             "class_names": list(data.class_names),
             "in_channels": data.in_channels,
             "normalization": config.normalization,
@@ -484,9 +513,9 @@ def run_training(
         }
         trainer = Trainer(
             model,
-            task=spec.task,
+            task=task,
             class_names=data.class_names,
-            loss_fn=build_loss(prepared.loss, spec.task, label_smoothing=config.label_smoothing),
+            loss_fn=build_loss(prepared.loss, task, label_smoothing=config.label_smoothing),
             optimizer=optimizer,
             scheduler=scheduler,
             train_set=prepared.train_set,
