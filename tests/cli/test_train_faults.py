@@ -23,6 +23,8 @@ Fault -> test:
 - output folder holding another run -> test_fault_output_folder_holds_another_run
 - --resume of a run killed before its first save -> test_fault_resume_of_a_run_without_checkpoint
 - a run folder in use by another process -> test_fault_run_folder_in_use_by_another_process
+- kill -9 writing best after last was committed ->
+  test_fault_killed_writing_best_after_last_committed_is_repaired_on_resume
 
 Ctrl-C, SIGKILL and exact resume: tests/training/test_train_interrupt_resume.py and
 tests/cli/test_train_sigkill.py; torchrun: tests/cli/test_train_torchrun.py.
@@ -425,3 +427,53 @@ def test_fault_run_folder_in_use_by_another_process(
     out = tmp_path / "new" / "run"
     _fails(["train", *UNET, "--data", str(tmp_path / "nope"), *FAST, "--output", str(out)], capsys)
     assert not (tmp_path / "new").exists()
+
+
+_DIE_WRITING_BEST = """
+import os, sys
+from concatnets.training import checkpoint
+real_write_atomically, real_write_bytes = checkpoint._write_atomically, checkpoint._write_bytes
+def half_then_die(handle, data):
+    handle.write(data[: len(data) // 2])
+    handle.flush()
+    os._exit(137)  # what kill -9 leaves: no cleanup of any kind
+def die_in_best_json(path, data):
+    dies = path.name == "best.json"
+    checkpoint._write_bytes = half_then_die if dies else real_write_bytes
+    real_write_atomically(path, data)
+checkpoint._write_atomically = die_in_best_json
+from concatnets.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_fault_killed_writing_best_after_last_committed_is_repaired_on_resume(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = trained
+    run = tmp_path / "run"
+    args = ["train", *UNET, "--data", str(data), *FAST, "--output", str(run)]
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_WRITING_BEST, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=120,
+    )
+    assert killed.returncode == 137, killed.stderr
+    last = load_checkpoint(run)
+    assert last.metadata["epoch"] == 1 and last.metadata["best_epoch"] == 1
+    assert not (run / "best.json").exists() and not (run / "metrics.csv").exists()
+    assert list(run.glob(".best.json.*.tmp")) and list(run.glob("best-*.safetensors"))
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "rewrote best.json, metrics.csv, metrics.json from last.json (epoch 1)" in err
+    assert "removed 1 temporary file(s) of interrupted writes" in err
+    best = load_checkpoint(run / "best.json")
+    assert best.metadata["epoch"] == 1
+    for key, value in last.model_state.items():
+        assert torch.equal(best.model_state[key], value), key
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+    assert len(list(run.glob("best-*.safetensors"))) == 1

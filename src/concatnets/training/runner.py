@@ -53,6 +53,11 @@ from concatnets.training.distributed import (
 )
 from concatnets.training.losses import build_loss
 from concatnets.training.optim import build_optimizer, build_scheduler
+from concatnets.training.repair import (
+    metrics_files_match,
+    remove_temporary_files,
+    repair_checkpoints,
+)
 from concatnets.training.rng import configure_determinism, seed_everything
 from concatnets.training.run_lock import locked_run_folder
 from concatnets.training.trainer import Trainer, TrainerState
@@ -410,6 +415,22 @@ def _restore(trainer: Trainer, checkpoint: Checkpoint, config: TrainConfig) -> b
     return lr_changed or not same_length
 
 
+def _repair_run_folder(run_dir: Path, checkpoint: Checkpoint, trainer: Trainer) -> None:
+    """Rewrite the records of the epoch ``last.json`` committed that a kill left stale."""
+    removed = remove_temporary_files(run_dir)
+    rewritten = repair_checkpoints(run_dir, checkpoint, trainer.keep_epochs)
+    if not metrics_files_match(run_dir, trainer.state.history):
+        trainer.rewrite_metrics()
+        rewritten += ["metrics.csv", "metrics.json"]
+    if rewritten:
+        notice(
+            f"{run_dir} was interrupted after its last checkpoint was committed; rewrote "
+            f"{', '.join(rewritten)} from last.json (epoch {trainer.state.epoch})"
+        )
+    if removed:
+        notice(f"removed {len(removed)} temporary file(s) of interrupted writes from {run_dir}")
+
+
 def _load_initial_weights(model: torch.nn.Module, path: str, architecture: str) -> None:
     weights = load_model_weights(path)
     check_compatible(Checkpoint(weights, None, None, {}, {}, Path(path)), model, architecture)
@@ -559,6 +580,7 @@ def _train_in_folder(
                 flush=True,
             )
             if resume_dir is not None:
+                _repair_run_folder(run_dir, checkpoint, trainer)
                 position = f"epoch {trainer.state.epoch}"
                 if trainer.state.epoch_step:
                     position += f" and {trainer.state.epoch_step} steps of epoch "

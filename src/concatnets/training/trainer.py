@@ -392,6 +392,18 @@ class Trainer:
         if self.logger is not None:
             self.logger.history = [dict(r) for r in self.state.history]
 
+    def rewrite_metrics(self) -> None:
+        """Rewrite ``metrics.csv``, ``metrics.json`` and the curves from the state's history.
+
+        For a resumed run whose last epoch was committed but not logged (a kill between
+        the two writes); rank 0 only.
+        """
+        if self.logger is None or not self.state.history:
+            return
+        self.logger.history = [dict(r) for r in self.state.history[:-1]]
+        self.logger.log(dict(self.state.history[-1]))
+        plot_learning_curves(self.state.history, self.run_dir / "learning_curves.png", self.monitor)
+
     def replay_schedule(self, scheduler_factory: Callable[[Optimizer], LRScheduler]) -> None:
         """Replace the schedule by a fresh one advanced to the current epoch.
 
