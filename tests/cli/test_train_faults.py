@@ -477,3 +477,41 @@ def test_fault_killed_writing_best_after_last_committed_is_repaired_on_resume(
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
     assert len(list(run.glob("best-*.safetensors"))) == 1
+
+
+def _tamper_metadata(run: Path, change: Any) -> None:
+    """Edit the metadata in ``run/last.json`` by hand, as a user or a bad tool might."""
+    record = json.loads((run / "last.json").read_text())
+    change(record["metadata"])
+    (run / "last.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("epoch", 10**9, "its epoch 1000000000 is not a whole number in 0..1,000,000"),
+        ("epoch", -5, "its epoch -5 is not a whole number in 0..1,000,000"),
+        ("epoch", 3, "its history holds 1 epoch(s) but epoch is 3"),
+        ("global_step", "many", "its global_step 'many' is not a whole number"),
+        ("best_epoch", 7, "best_epoch 7 is not an epoch in 1..1"),
+    ],
+)
+def test_fault_resume_numbers_out_of_range_are_refused_at_once(
+    run_copy: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    field: str,
+    value: Any,
+    expected: str,
+) -> None:
+    _, run = run_copy
+
+    def change(metadata: dict[str, Any]) -> None:
+        metadata["trainer"][field] = value
+        if field == "epoch":
+            metadata["epoch"] = value
+
+    _tamper_metadata(run, change)
+    before = _snapshot(run)
+    line = _fails(["train", "--resume", str(run), "--epochs", "3"], capsys)
+    assert f"checkpoint {run / 'last.json'} cannot be resumed: {expected}" in line
+    assert _snapshot(run) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "build_scheduler"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "advance_schedule", "build_optimizer", "build_scheduler"]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
@@ -70,3 +71,34 @@ def build_scheduler(
             raise ValueError(f"--step-size {step_size} must be at least 1 epoch")
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+
+
+def _closed_form_lr(scheduler: LRScheduler, base_lr: float, epoch: int) -> float:
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        low = scheduler.eta_min
+        return low + (base_lr - low) * (1 + math.cos(math.pi * epoch / scheduler.T_max)) / 2
+    if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
+        return base_lr * scheduler.gamma ** (epoch // scheduler.step_size)
+    if isinstance(scheduler, torch.optim.lr_scheduler.ConstantLR):
+        return base_lr * (scheduler.factor if epoch < scheduler.total_iters else 1.0)
+    raise TypeError(f"no closed form for {type(scheduler).__name__}")
+
+
+def advance_schedule(scheduler: LRScheduler, epoch: int) -> None:
+    """Put a fresh schedule from :func:`build_scheduler` at ``epoch`` in O(1).
+
+    The learning rate of every parameter group is set from the schedule's closed form
+    (cosine: ``eta_min + (base - eta_min) (1 + cos(pi epoch / T_max)) / 2``; step:
+    ``base * gamma ** (epoch // step_size)``), so even a huge epoch count costs nothing.
+
+    Args:
+        scheduler: A schedule that has not been stepped yet.
+        epoch: Epochs completed.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch {epoch} must not be negative")
+    rates = [_closed_form_lr(scheduler, base, epoch) for base in scheduler.base_lrs]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler.last_epoch = epoch
+    scheduler._last_lr = list(rates)  # what get_last_lr() reports

@@ -355,14 +355,34 @@ def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, ctx: Distribut
             f"whose state {name} holds; a resumed run keeps its optimizer: drop --optimizer, "
             "or start a new run with --init-weights"
         )
-    trainer_state = checkpoint.metadata.get("trainer", {})
-    steps = int(trainer_state.get("epoch_step", 0))
+    try:
+        state = TrainerState.from_json(checkpoint.metadata.get("trainer"))
+        if checkpoint.metadata.get("epoch", state.epoch) != state.epoch:
+            raise ValueError(
+                f"its epoch {checkpoint.metadata.get('epoch')!r} differs from its trainer "
+                f"state's {state.epoch}"
+            )
+        world = checkpoint.metadata.get("world_size", 1)
+        if not (isinstance(world, int) and not isinstance(world, bool) and world >= 1):
+            raise ValueError(f"its world_size {world!r} is not a process count")
+        confusion = (state.partial or {}).get("confusion")
+        classes = len(checkpoint.metadata.get("class_names") or [])
+        if confusion is not None and (
+            len(confusion) != classes or any(len(row) != classes for row in confusion)
+        ):
+            raise ValueError(f"its unfinished epoch's confusion matrix is not {classes}x{classes}")
+    except ValueError as exc:
+        raise CheckpointError(
+            f"checkpoint {name} cannot be resumed: {exc}; it was damaged or edited; resume "
+            "from another copy of the run folder or start again with --overwrite"
+        ) from exc
+    steps = state.epoch_step
     if steps:
         saved_batch = checkpoint.metadata.get("batch_size", saved.get("batch_size"))
         saved_world = int(checkpoint.metadata.get("world_size", 1))
         if saved_batch != config.batch_size or saved_world != ctx.world_size:
             raise CheckpointError(
-                f"{name} was saved in the middle of epoch {int(trainer_state['epoch']) + 1} "
+                f"{name} was saved in the middle of epoch {state.epoch + 1} "
                 f"(after {steps} steps of --batch-size {saved_batch} on {saved_world} "
                 f"process(es)); resume it with the same --batch-size and number of processes "
                 f"(this run: --batch-size {config.batch_size} on {ctx.world_size})"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from concatnets.training.logging import MetricsLogger
 from concatnets.training.losses import LossFn, crop_to_output
 from concatnets.training.memory import format_bytes, peak_memory_bytes, reset_peak_memory
 from concatnets.training.metrics import MetricAccumulator, primary_metric
+from concatnets.training.optim import advance_schedule
 from concatnets.training.plots import plot_learning_curves, save_overlay_panel
 from concatnets.training.rng import capture_rng_state, restore_rng_state
 
@@ -105,17 +105,88 @@ class TrainerState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> TrainerState:
-        """Rebuild a state saved by :meth:`to_json`."""
+    def from_json(cls, values: Any) -> TrainerState:
+        """Rebuild a state saved by :meth:`to_json`, checking every field.
+
+        Raises:
+            ValueError: A field is missing, of the wrong type, out of range, or
+                inconsistent with the others (the message names it).
+        """
+        if not isinstance(values, dict):
+            raise ValueError("its 'trainer' state is not a mapping")
+        epoch = _count(values, "epoch", MAX_EPOCHS)
+        global_step = _count(values, "global_step", MAX_STEPS)
+        epoch_step = _count(values, "epoch_step", MAX_STEPS, default=0)
+        history = values.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+            raise ValueError("its history is not a list of per-epoch records")
+        if len(history) != epoch:
+            raise ValueError(f"its history holds {len(history)} epoch(s) but epoch is {epoch}")
+        numbers = [record.get("epoch") for record in history]
+        if numbers != list(range(1, epoch + 1)):
+            raise ValueError("its history's epochs are not 1, 2, ... in order")
+        if epoch_step > global_step:
+            raise ValueError(f"epoch_step {epoch_step} exceeds global_step {global_step}")
+        best_metric, best_epoch = values.get("best_metric"), values.get("best_epoch")
+        if (best_metric is None) != (best_epoch is None):
+            raise ValueError("best_metric and best_epoch must both be set or both be null")
+        if best_metric is not None and not (
+            isinstance(best_metric, (int, float))
+            and not isinstance(best_metric, bool)
+            and math.isfinite(best_metric)
+        ):
+            raise ValueError(f"best_metric {best_metric!r} is not a finite number")
+        if best_epoch is not None and not _is_count_in(best_epoch, 1, epoch):
+            raise ValueError(f"best_epoch {best_epoch!r} is not an epoch in 1..{epoch}")
+        partial = values.get("partial")
+        if epoch_step and not _valid_partial(partial):
+            raise ValueError("its running sums of the unfinished epoch ('partial') are malformed")
         return cls(
-            epoch=int(values["epoch"]),
-            global_step=int(values["global_step"]),
-            best_metric=values.get("best_metric"),
-            best_epoch=values.get("best_epoch"),
-            history=[dict(r) for r in values.get("history", [])],
-            epoch_step=int(values.get("epoch_step", 0)),
-            partial=values.get("partial"),
+            epoch=epoch,
+            global_step=global_step,
+            best_metric=None if best_metric is None else float(best_metric),
+            best_epoch=best_epoch,
+            history=[dict(r) for r in history],
+            epoch_step=epoch_step,
+            partial=partial if epoch_step else None,
         )
+
+
+# Bounds on numbers read back from a checkpoint: far above any real run, low enough that
+# nothing derived from them (loops, schedules) can hang.
+MAX_EPOCHS = 1_000_000
+MAX_STEPS = 10**12
+
+
+def _is_count_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _count(values: dict[str, Any], key: str, bound: int, default: int | None = None) -> int:
+    value = values.get(key, default)
+    if not _is_count_in(value, 0, bound):
+        raise ValueError(f"its {key} {value!r} is not a whole number in 0..{bound:,}")
+    return value
+
+
+def _valid_partial(partial: Any) -> bool:
+    if not isinstance(partial, dict):
+        return False
+    loss_sum, images, hits = (partial.get(k) for k in ("loss_sum", "images", "top5_hits"))
+    confusion = partial.get("confusion")
+    return (
+        isinstance(loss_sum, (int, float))
+        and math.isfinite(loss_sum)
+        and isinstance(images, int)
+        and images >= 0
+        and isinstance(hits, int)
+        and hits >= 0
+        and isinstance(confusion, list)
+        and all(
+            isinstance(row, list) and all(isinstance(v, int) and v >= 0 for v in row)
+            for row in confusion
+        )
+    )
 
 
 class EpochSampler(Sampler[int]):
@@ -416,10 +487,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("initial_lr", group["lr"])
         self.scheduler = scheduler_factory(self.optimizer)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()"
-            for _ in range(self.state.epoch):
-                self.scheduler.step()
+        advance_schedule(self.scheduler, self.state.epoch)
 
     # --- loop -------------------------------------------------------------------------
 
