@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -44,6 +45,7 @@ __all__ = [
     "load_config_file",
     "model_arg_type",
     "parse_model_arg",
+    "validate_config",
     "write_config",
 ]
 
@@ -231,6 +233,72 @@ def apply_settings(config: TrainConfig, values: Mapping[str, Any], source: str) 
             coerced = {**config.model_args, **updates.get("model_args", {}), **coerced}
         updates[key] = coerced
     return dataclasses.replace(config, **updates)
+
+
+# Whole-number settings: (lowest allowed value, an example).
+_INT_RANGES: dict[str, tuple[int, str]] = {
+    "num_images": (1, "--num-images 64"),
+    "image_size": (1, "--image-size 64"),
+    "patch_size": (1, "--patch-size 256"),
+    "step_size": (1, "--step-size 30"),
+    "epochs": (1, "--epochs 10"),
+    "batch_size": (1, "--batch-size 8"),
+    "workers": (0, "--workers 4"),
+    "keep_epochs": (0, "--keep-epochs 3"),
+    "overlays": (0, "--overlays 4"),
+}
+_FLOAT_RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
+    # name: (low, high, low allowed, high allowed, example)
+    "val_fraction": (0.0, 1.0, True, False, "--val-fraction 0.2"),
+    "elastic_sigma": (0.0, math.inf, True, False, "--elastic-sigma 10"),
+    "elastic_probability": (0.0, 1.0, True, True, "--elastic-probability 0.5"),
+    "border_w0": (0.0, math.inf, True, False, "--border-w0 10"),
+    "border_sigma": (0.0, math.inf, False, False, "--border-sigma 5"),
+    "label_smoothing": (0.0, 1.0, True, False, "--label-smoothing 0.1"),
+    "lr": (0.0, math.inf, False, False, "--lr 1e-3"),
+    "weight_decay": (0.0, math.inf, True, False, "--weight-decay 1e-4"),
+    "momentum": (0.0, 1.0, True, False, "--momentum 0.9"),
+    "gamma": (0.0, math.inf, False, False, "--gamma 0.1"),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if math.isinf(high):
+        return f"{'at least' if low_in else 'greater than'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Refuse numeric settings out of range, naming the flag, before anything runs.
+
+    Args:
+        config: The resolved settings.
+
+    Raises:
+        ValueError: The first setting out of range (NaN and infinities included).
+    """
+    for name, (low, example) in _INT_RANGES.items():
+        value = getattr(config, name)
+        if value is not None and value < low:
+            raise ValueError(f"{_flag(name)} {value} must be at least {low}; e.g. {example}")
+    for name, (low, high, low_in, high_in, example) in _FLOAT_RANGES.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        inside = (
+            math.isfinite(value)
+            and (value > low or (low_in and value == low))
+            and (value < high or (high_in and value == high))
+        )
+        if not inside:
+            raise ValueError(
+                f"{_flag(name)} {value} must be a finite number "
+                f"{_interval(low, high, low_in, high_in)}; e.g. {example}"
+            )
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

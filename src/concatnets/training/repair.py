@@ -15,7 +15,7 @@ import contextlib
 import csv
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +65,19 @@ def _copy_of(last: Checkpoint, run_dir: Path, name: str) -> None:
     )
 
 
-def repair_checkpoints(run_dir: Path, last: Checkpoint, keep_epochs: int) -> list[str]:
+def repair_checkpoints(
+    run_dir: Path,
+    last: Checkpoint,
+    keep_epochs: int,
+    before_write: Callable[[], None] = lambda: None,
+) -> list[str]:
     """Rewrite ``best`` / ``epoch-NNNN`` of the epoch ``last`` committed if they lag behind.
 
     Args:
         run_dir: The run folder.
         last: Its loaded ``last`` checkpoint.
         keep_epochs: The run's ``--keep-epochs``.
+        before_write: Called before the first rewrite (e.g. to write ``config.json``).
 
     Returns:
         The names of the checkpoints rewritten.
@@ -81,15 +87,17 @@ def repair_checkpoints(run_dir: Path, last: Checkpoint, keep_epochs: int) -> lis
     trainer = metadata.get("trainer", {})
     if not isinstance(epoch, int) or epoch < 1 or trainer.get("epoch_step", 0):
         return []  # nothing committed yet, or a mid-epoch position (no epoch records)
-    rewritten = []
+    stale = []
     if metadata.get("best_epoch") == epoch and _saved_epoch(run_dir / "best.json") != epoch:
-        _copy_of(last, run_dir, "best")
-        rewritten.append("best.json")
+        stale.append("best")
     numbered = f"epoch-{epoch:04d}"
     if keep_epochs > 0 and _saved_epoch(run_dir / f"{numbered}.json") != epoch:
-        _copy_of(last, run_dir, numbered)
-        rewritten.append(f"{numbered}.json")
-    return rewritten
+        stale.append(numbered)
+    if stale:
+        before_write()
+    for name in stale:
+        _copy_of(last, run_dir, name)
+    return [f"{name}.json" for name in stale]
 
 
 def metrics_files_match(run_dir: Path, history: Sequence[dict[str, Any]]) -> bool:

@@ -41,7 +41,13 @@ from concatnets.training.checkpoint import (
     load_checkpoint,
     load_model_weights,
 )
-from concatnets.training.config import TrainConfig, config_to_dict, write_config
+from concatnets.training.config import (
+    TrainConfig,
+    config_to_dict,
+    validate_config,
+    write_config,
+)
+from concatnets.training.data_checks import check_samples
 from concatnets.training.dimensions import check_model_fits_data, model_spatial_dims
 from concatnets.training.distributed import (
     DistributedContext,
@@ -178,6 +184,7 @@ def _open_validation(config: TrainConfig, data: LabelledData, task: str) -> Labe
             f"{data.num_classes}; use masks with the same classes"
         )
     val.class_names = list(data.class_names)
+    check_samples(val)
     return val
 
 
@@ -203,6 +210,7 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
         task=task,
     )
     check_model_fits_data(config.model, model_spatial_dims(config.model, config.model_args), data)
+    check_samples(data)
     policy = resolve_size_policy(data, config.size_policy, config.patch_size)
     if config.val_data:
         val_data = _open_validation(config, data, task)
@@ -435,10 +443,20 @@ def _restore(trainer: Trainer, checkpoint: Checkpoint, config: TrainConfig) -> b
     return lr_changed or not same_length
 
 
+def _prepare_run_folder(run_dir: Path, config: TrainConfig, *, overwrite: bool) -> None:
+    """Just before a run's first write: drop the replaced run's files, write config.json."""
+    if overwrite:
+        remove_run_files(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, run_dir / "config.json")
+
+
 def _repair_run_folder(run_dir: Path, checkpoint: Checkpoint, trainer: Trainer) -> None:
     """Rewrite the records of the epoch ``last.json`` committed that a kill left stale."""
     removed = remove_temporary_files(run_dir)
-    rewritten = repair_checkpoints(run_dir, checkpoint, trainer.keep_epochs)
+    rewritten = repair_checkpoints(
+        run_dir, checkpoint, trainer.keep_epochs, before_write=trainer.prepare_folder
+    )
     if not metrics_files_match(run_dir, trainer.state.history):
         trainer.rewrite_metrics()
         rewritten += ["metrics.csv", "metrics.json"]
@@ -477,6 +495,7 @@ def run_training(
             every check has passed, just before the new run writes its first file).
     """
     resume_dir = Path(resume) if resume is not None else None
+    validate_config(config)
     spec = get_model_spec(config.model)
     if spec.task not in ("segmentation", "classification"):
         raise ValueError(f"model {config.model!r} has unsupported task {spec.task!r}")
@@ -489,8 +508,6 @@ def run_training(
             raise NotADirectoryError(
                 f"--output {run_dir} is a file; choose a folder path for the run"
             )
-    if config.epochs < 1:
-        raise ValueError(f"--epochs {config.epochs} must be at least 1")
     # Only rank 0 writes the folder; under torchrun the others must not contend for it.
     main_process = os.environ.get("RANK", "0") == "0"
     again = f"--resume {run_dir}" if resume_dir is not None else "run again"
@@ -570,6 +587,9 @@ def _train_in_folder(
             bf16=config.bf16,
             progress=config.progress,
             keep_epochs=config.keep_epochs,
+            prepare_folder=functools.partial(
+                _prepare_run_folder, run_dir, config, overwrite=overwrite
+            ),
         )
         if resume_dir is not None:
             checkpoint = load_checkpoint(resume_dir)
@@ -585,12 +605,9 @@ def _train_in_folder(
                         gamma=config.gamma,
                     )
                 )
-        # Every check has passed: from here on the run folder is written.
+        # Every check has passed. The folder is first written when the first checkpoint is
+        # saved (trainer.prepare_folder): a run that fails before then leaves it untouched.
         if ctx.is_main:
-            if overwrite:
-                remove_run_files(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(config, run_dir / "config.json")
             print(prepared.summary(), flush=True)
             print(
                 f"model: {config.model} ({sum(p.numel() for p in model.parameters()):,} "

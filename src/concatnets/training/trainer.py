@@ -291,6 +291,9 @@ class Trainer:
         bf16: bfloat16 autocast.
         progress: Show progress bars.
         keep_epochs: Also keep the last ``keep_epochs`` per-epoch checkpoints.
+        prepare_folder: Called once (rank 0) just before the first file is written into
+            ``run_dir`` (e.g. to write ``config.json``), so a run that fails before it
+            saves anything leaves the folder as it found it.
     """
 
     def __init__(
@@ -313,6 +316,7 @@ class Trainer:
         bf16: bool = False,
         progress: bool = True,
         keep_epochs: int = 0,
+        prepare_folder: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"--batch-size {batch_size} must be at least 1")
@@ -334,7 +338,9 @@ class Trainer:
         self.keep_epochs = keep_epochs
         self.monitor = primary_metric(task)
         self.state = TrainerState()
-        self.logger = MetricsLogger(self.run_dir) if ctx.is_main else None
+        self.logger: MetricsLogger | None = None  # opened with the folder, on first write
+        self._prepare_folder = prepare_folder
+        self._folder_ready = False
 
         self.batch_size = batch_size
         self.stop = StopRequest()
@@ -370,6 +376,17 @@ class Trainer:
             )
 
     # --- state ------------------------------------------------------------------------
+
+    def prepare_folder(self) -> None:
+        """Make the run folder ready for writing (once; rank 0): the caller's preparation,
+        then the metrics logger, which continues the current history."""
+        if self._folder_ready or not self.ctx.is_main:
+            return
+        self._folder_ready = True
+        if self._prepare_folder is not None:
+            self._prepare_folder()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = MetricsLogger(self.run_dir, history=self.state.history)
 
     def checkpoint_metadata(self, record: dict[str, Any] | None) -> dict[str, Any]:
         """Metadata for a checkpoint taken now: the run's facts plus its progress."""
@@ -427,6 +444,7 @@ class Trainer:
             rng = self.rng_tensors()
         if not self.ctx.is_main:
             return None
+        self.prepare_folder()
         return save_checkpoint(
             self.run_dir,
             name,
@@ -469,8 +487,10 @@ class Trainer:
         For a resumed run whose last epoch was committed but not logged (a kill between
         the two writes); rank 0 only.
         """
-        if self.logger is None or not self.state.history:
+        if not self.ctx.is_main or not self.state.history:
             return
+        self.prepare_folder()
+        assert self.logger is not None
         self.logger.history = [dict(r) for r in self.state.history[:-1]]
         self.logger.log(dict(self.state.history[-1]))
         plot_learning_curves(self.state.history, self.run_dir / "learning_curves.png", self.monitor)
@@ -709,6 +729,7 @@ class Trainer:
             and math.isfinite(current)
             and (self.state.best_metric is None or current > self.state.best_metric)
         )
+        self.prepare_folder()  # before the history grows: the logger continues it
         self.state.epoch = epoch
         self.state.epoch_step = 0
         self.state.partial = None
@@ -768,6 +789,7 @@ class Trainer:
         if self.task != "segmentation" or not self.ctx.is_main or count <= 0:
             return []
         dataset = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
+        self.prepare_folder()
         directory = Path(directory) if directory is not None else self.run_dir / "overlays"
         model = unwrap_model(self.model)
         was_training = model.training
