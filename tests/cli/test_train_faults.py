@@ -26,6 +26,9 @@ Fault -> test:
 - a mask of the wrong size, a NaN image -> test_fault_sample_checks_run_before_anything_is_written
 - settings out of range (--lr inf/nan, --keep-epochs -1, --image-size 0, ...) ->
   test_fault_settings_out_of_range_leave_the_run_untouched
+- optimizer state of the wrong shapes ->
+  test_fault_optimizer_state_that_does_not_fit_is_refused_before_a_step
+- integer model tensors -> test_fault_integer_model_tensors_in_a_checkpoint_are_refused
 - resume numbers out of range (epoch 10**9, -5, ...) ->
   test_fault_resume_numbers_out_of_range_are_refused_at_once
 - kill -9 writing best after last was committed ->
@@ -569,3 +572,58 @@ def test_fault_settings_out_of_range_leave_the_run_untouched(
     line = _fails(["train", "--resume", str(run), "--epochs", "2", flag, value], capsys)
     assert expected in line
     assert _snapshot(run) == before  # config.json included
+
+
+def _resave_last(run: Path, change: Any) -> None:
+    """Rewrite ``run/last`` with ``change`` applied to its loaded contents (a valid file)."""
+    saved = load_checkpoint(run)
+    change(saved)
+    checkpoint_module.save_checkpoint(
+        run,
+        "last",
+        model_state=saved.model_state,
+        optimizer_state=saved.optimizer_state,
+        scheduler_state=saved.scheduler_state,
+        extra_tensors=saved.extra_tensors,
+        metadata=saved.metadata,
+    )
+
+
+def test_fault_optimizer_state_that_does_not_fit_is_refused_before_a_step(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = run_copy
+
+    def shrink_first_moment(saved: Any) -> None:
+        saved.optimizer_state["state"][0]["exp_avg"] = torch.zeros(3)
+
+    _resave_last(run, shrink_first_moment)
+    before = _snapshot(run)
+    line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+    assert f"checkpoint {run / 'last.json'} does not fit the optimizer" in line
+    assert "exp_avg of encoder.0.conv1.weight has shape (3,) in checkpoint vs (4, 1, 3, 3)" in line
+    assert _snapshot(run) == before
+
+    def unknown_parameter(saved: Any) -> None:
+        saved.optimizer_state["state"][0]["exp_avg"] = torch.zeros(4, 1, 3, 3)
+        saved.optimizer_state["state"][999] = saved.optimizer_state["state"][0]
+
+    _resave_last(run, unknown_parameter)
+    line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+    assert "it holds state for parameter 999, which no parameter group lists" in line
+
+
+def test_fault_integer_model_tensors_in_a_checkpoint_are_refused(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = run_copy
+
+    def to_int64(saved: Any) -> None:
+        saved.model_state = {k: v.to(torch.int64) for k, v in saved.model_state.items()}
+
+    _resave_last(run, to_int64)
+    before = _snapshot(run)
+    line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+    assert f"checkpoint {run / 'last.json'} does not fit model 'unet_small'" in line
+    assert "dtype mismatches: encoder.0.conv1.weight int64 in checkpoint vs float32" in line
+    assert _snapshot(run) == before

@@ -58,6 +58,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "check_compatible",
+    "check_optimizer_state",
     "load_checkpoint",
     "load_model_weights",
     "read_checkpoint_metadata",
@@ -258,10 +259,17 @@ def check_compatible(checkpoint: Checkpoint, model: nn.Module, architecture: str
         for key, value in expected.items()
         if key in saved and saved[key].shape != value.shape
     ]
+    # Floating weights stored as integers (or the reverse) lost their values: never cast.
+    wrong_kind = [
+        f"{key} {_dtype_name(saved[key])} in checkpoint vs {_dtype_name(value)} in model"
+        for key, value in expected.items()
+        if key in saved and saved[key].is_floating_point() != value.is_floating_point()
+    ]
     for label, items in (
         ("missing keys", missing),
         ("unexpected keys", unexpected),
         ("shape mismatches", mismatched),
+        ("dtype mismatches", wrong_kind),
     ):
         if items:
             problems.append(f"{len(items)} {label}: {_shorten(items)}")
@@ -272,6 +280,97 @@ def check_compatible(checkpoint: Checkpoint, model: nn.Module, architecture: str
             + "; build the model with the checkpoint's architecture and config "
             "(its metadata 'architecture' and 'config') or train from scratch"
         )
+
+
+def check_optimizer_state(
+    checkpoint: Checkpoint, optimizer: torch.optim.Optimizer, model: nn.Module | None = None
+) -> None:
+    """Raise :class:`CheckpointError` naming the first way the saved optimizer state does
+    not fit ``optimizer``: groups, parameters, tensor shapes and dtypes, hyperparameters.
+
+    Args:
+        checkpoint: A loaded checkpoint.
+        optimizer: The optimizer about to receive ``checkpoint.optimizer_state``.
+        model: The model the optimizer trains, to name parameters in the message.
+    """
+    state = checkpoint.optimizer_state
+    if state is None:
+        return
+    problem = _optimizer_mismatch(state, optimizer, model)
+    if problem is not None:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} does not fit the optimizer: {problem}; it was "
+            "damaged, edited or saved for another model; resume from another copy of the run "
+            "folder, or start a new run with --init-weights (weights only)"
+        )
+
+
+def _dtype_name(tensor: Tensor) -> str:
+    return str(tensor.dtype).replace("torch.", "")
+
+
+def _finite_numbers(value: Any) -> bool:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(_finite_numbers(item) for item in value)
+    return not isinstance(value, Tensor) or bool(torch.isfinite(value).all())
+
+
+def _optimizer_mismatch(
+    state: Any, optimizer: torch.optim.Optimizer, model: nn.Module | None
+) -> str | None:
+    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
+        return "its optimizer state has no list of parameter groups"
+    saved_groups, groups = state["param_groups"], optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        return f"{len(saved_groups)} parameter group(s) in checkpoint vs {len(groups)} now"
+    names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    parameters: dict[Any, Tensor] = {}
+    for index, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            return f"parameter group {index} is malformed"
+        if len(saved["params"]) != len(group["params"]):
+            return (
+                f"parameter group {index} holds {len(saved['params'])} parameters in "
+                f"checkpoint vs {len(group['params'])} now"
+            )
+        for key, value in saved.items():
+            if key != "params" and not _finite_numbers(value):
+                return f"parameter group {index} has {key} = {value!r}, not a finite number"
+        parameters.update(zip(saved["params"], group["params"], strict=True))
+    per_parameter = state.get("state", {})
+    if not isinstance(per_parameter, dict):
+        return "its per-parameter state is not a mapping"
+    for key, entry in per_parameter.items():
+        if key not in parameters:
+            return f"it holds state for parameter {key!r}, which no parameter group lists"
+        parameter = parameters[key]
+        label = names.get(id(parameter), f"parameter {key}")
+        if not isinstance(entry, dict):
+            return f"the state of {label} is not a mapping"
+        for name, value in entry.items():
+            if not isinstance(value, Tensor):
+                if not _finite_numbers(value):
+                    return f"{name} of {label} is {value!r}, not a finite number"
+                continue
+            if name == "step":
+                if value.numel() != 1:
+                    return f"step of {label} has shape {tuple(value.shape)}, not a scalar"
+                continue
+            if value.shape != parameter.shape:
+                return (
+                    f"{name} of {label} has shape {tuple(value.shape)} in checkpoint vs "
+                    f"{tuple(parameter.shape)} for the parameter"
+                )
+            if value.is_floating_point() != parameter.is_floating_point():
+                return (
+                    f"{name} of {label} is {_dtype_name(value)} in checkpoint vs "
+                    f"{_dtype_name(parameter)} for the parameter"
+                )
+    return None
 
 
 def load_model_weights(path: str | Path) -> dict[str, Tensor]:

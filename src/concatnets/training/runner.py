@@ -38,6 +38,7 @@ from concatnets.training.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_compatible,
+    check_optimizer_state,
     load_checkpoint,
     load_model_weights,
 )
@@ -595,6 +596,7 @@ def _train_in_folder(
             checkpoint = load_checkpoint(resume_dir)
             check_compatible(checkpoint, model, config.model)
             _check_resumable(checkpoint, config, ctx)
+            check_optimizer_state(checkpoint, optimizer, unwrap_model(model))
             if _restore(trainer, checkpoint, config):
                 trainer.replay_schedule(
                     functools.partial(
