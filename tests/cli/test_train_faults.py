@@ -29,6 +29,10 @@ Fault -> test:
 - optimizer state of the wrong shapes ->
   test_fault_optimizer_state_that_does_not_fit_is_refused_before_a_step
 - integer model tensors -> test_fault_integer_model_tensors_in_a_checkpoint_are_refused
+- unknown --model-arg key -> test_fault_unknown_model_arg_names_the_valid_keys
+- YAML alias bomb -> test_fault_yaml_alias_bomb_is_refused_quickly
+- last.json nested 100,000 deep or with list metadata ->
+  test_fault_tampered_last_json_structure_is_one_error_line
 - resume numbers out of range (epoch 10**9, -5, ...) ->
   test_fault_resume_numbers_out_of_range_are_refused_at_once
 - kill -9 writing best after last was committed ->
@@ -46,6 +50,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -626,4 +631,57 @@ def test_fault_integer_model_tensors_in_a_checkpoint_are_refused(
     line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
     assert f"checkpoint {run / 'last.json'} does not fit model 'unet_small'" in line
     assert "dtype mismatches: encoder.0.conv1.weight int64 in checkpoint vs float32" in line
+    assert _snapshot(run) == before
+
+
+def test_fault_unknown_model_arg_names_the_valid_keys(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = trained
+    out = tmp_path / "o"
+    args = ["train", *UNET, "--model-arg", "featurez=8", "--data", str(data), *FAST]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "--model-arg featurez=8: model 'unet_small' has no argument 'featurez'" in line
+    assert "did you mean 'features'?" in line and "depth, features," in line
+    # DenseNet-BC's builder forwards **overrides to DenseNet: its parameters count too.
+    args = ["train", "--model", "densenet_bc", "--model-arg", "growthrate=4", "--data"]
+    line = _fails([*args, "builtin:shapes", *FAST, "--output", str(out)], capsys)
+    assert "did you mean 'growth_rate'?" in line and "block_config" in line
+    assert not out.exists()
+
+
+def test_fault_yaml_alias_bomb_is_refused_quickly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    lines.append("model_args: {features: *a9}")  # 9**10 values once expanded
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    line = _fails(["train", "--config", str(bomb), "--output", str(tmp_path / "o")], capsys)
+    assert time.perf_counter() - started < 5
+    assert f"--config {bomb} expands to more than 10,000 values" in line
+
+
+@pytest.mark.parametrize("damage", ["nested", "metadata_list"])
+def test_fault_tampered_last_json_structure_is_one_error_line(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    _, run = run_copy
+    record = json.loads((run / "last.json").read_text())
+    if damage == "nested":
+        text = json.dumps(record)
+        text = text.replace(
+            '"metadata": {', '"metadata": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1
+        )
+        expected = "is nested too deeply"
+    else:
+        record["metadata"] = [record["metadata"]]
+        text = json.dumps(record)
+        expected = "its metadata is a list, not a mapping"
+    (run / "last.json").write_text(text)
+    before = _snapshot(run)
+    line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
+    assert f"checkpoint file {run / 'last.json'} cannot be used: " in line and expected in line
     assert _snapshot(run) == before

@@ -209,8 +209,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         metadata = _decode(record["metadata"], {})
         optimizer_state = _decode(record.get("optimizer"), tensors)
         scheduler_state = _decode(record.get("scheduler"), tensors)
+    except RecursionError:
+        raise _corrupt(json_path, "its contents are nested too deeply") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(json_path, f"its contents are malformed ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise _corrupt(json_path, f"its metadata is a {type(metadata).__name__}, not a mapping")
+    for name, state in (("optimizer", optimizer_state), ("scheduler", scheduler_state)):
+        if state is not None and not isinstance(state, dict):
+            raise _corrupt(
+                json_path, f"its {name} state is a {type(state).__name__}, not a mapping"
+            )
     return Checkpoint(
         model_state=groups[_MODEL],
         optimizer_state=optimizer_state,
@@ -231,10 +240,12 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     record = _read_record(json_path)
     try:
         metadata = _decode(record["metadata"], {})
+    except RecursionError:
+        raise _corrupt(json_path, "its metadata is nested too deeply") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(json_path, f"its metadata is malformed ({exc})") from exc
     if not isinstance(metadata, dict):
-        raise _corrupt(json_path, "its metadata is not a mapping")
+        raise _corrupt(json_path, f"its metadata is a {type(metadata).__name__}, not a mapping")
     return metadata
 
 
@@ -537,7 +548,7 @@ def _referenced_weights(json_path: Path) -> Path | None:
     try:
         record = json.loads(json_path.read_bytes())
         return json_path.parent / str(record["weights_file"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -586,6 +597,8 @@ def _resolve_json(path: Path) -> Path:
 def _read_record(json_path: Path) -> dict[str, Any]:
     try:
         record = json.loads(json_path.read_bytes())
+    except RecursionError:
+        raise _corrupt(json_path, "it is nested too deeply to be a checkpoint record") from None
     except ValueError as exc:
         raise _corrupt(json_path, "it is truncated or corrupt (not valid JSON)") from exc
     if not isinstance(record, dict) or record.get("format") != _FORMAT_NAME:

@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 CONFIG_SUFFIXES: tuple[str, ...] = (".toml", ".yaml", ".yml", ".json")
+# Values a settings file may expand to (YAML aliases counted each time they are used): a
+# real config holds a few dozen; an alias bomb ("billion laughs") holds billions.
+MAX_CONFIG_VALUES = 10_000
 
 
 @dataclass
@@ -121,6 +124,11 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if _expanded_size(value, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ValueError(
+            f"--model-arg {key.strip()} expands to more than {MAX_CONFIG_VALUES:,} values "
+            "(YAML aliases); write the value out"
+        )
     return key.strip(), value
 
 
@@ -154,12 +162,42 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             values = json.loads(text)
         else:
             values = yaml.safe_load(text) or {}
+    except RecursionError:
+        raise ValueError(
+            f"--config {path} nests its values too deeply to read; a settings file is a flat "
+            "list of key = value settings"
+        ) from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
         raise ValueError(f"--config {path} is not valid {path.suffix[1:]}: {reason}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path} must hold key = value settings at the top level")
+    if _expanded_size(values, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ValueError(
+            f"--config {path} expands to more than {MAX_CONFIG_VALUES:,} values (YAML "
+            "aliases repeat what they name each time they are used); a settings file holds "
+            "a few dozen: remove the aliases"
+        )
     return values
+
+
+def _expanded_size(value: Any, limit: int) -> int:
+    """How many values ``value`` holds with shared (aliased) parts counted at each use.
+
+    Stops counting once past ``limit``, so a structure that would expand to billions of
+    values is measured in about ``limit`` steps (and without recursion).
+    """
+    count = 0
+    pending = [value]
+    while pending and count <= limit:
+        item = pending.pop()
+        count += 1
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return count
 
 
 def _type_name(hint: Any) -> str:

@@ -59,6 +59,7 @@ from concatnets.training.distributed import (
     wrap_model,
 )
 from concatnets.training.losses import build_loss
+from concatnets.training.model_args import check_model_args
 from concatnets.training.optim import build_optimizer, build_scheduler
 from concatnets.training.repair import (
     metrics_files_match,
@@ -498,6 +499,7 @@ def run_training(
     resume_dir = Path(resume) if resume is not None else None
     validate_config(config)
     spec = get_model_spec(config.model)
+    check_model_args(config.model, config.model_args)
     if spec.task not in ("segmentation", "classification"):
         raise ValueError(f"model {config.model!r} has unsupported task {spec.task!r}")
     if resume_dir is not None:
