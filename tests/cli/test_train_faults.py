@@ -33,6 +33,8 @@ Fault -> test:
 - YAML alias bomb -> test_fault_yaml_alias_bomb_is_refused_quickly
 - last.json nested 100,000 deep or with list metadata ->
   test_fault_tampered_last_json_structure_is_one_error_line
+- --resume after the data changed (notice) -> test_fault_resume_after_the_data_changed_says_so
+- --mask-values leaving empty classes -> test_fault_mask_values_leaving_empty_classes_are_refused
 - resume numbers out of range (epoch 10**9, -5, ...) ->
   test_fault_resume_numbers_out_of_range_are_refused_at_once
 - kill -9 writing best after last was committed ->
@@ -685,3 +687,35 @@ def test_fault_tampered_last_json_structure_is_one_error_line(
     line = _fails(["train", "--resume", str(run), "--epochs", "2"], capsys)
     assert f"checkpoint file {run / 'last.json'} cannot be used: " in line and expected in line
     assert _snapshot(run) == before
+
+
+def test_fault_resume_after_the_data_changed_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_folder(tmp_path / "data", 6)
+    run = tmp_path / "run"
+    assert main(["train", *UNET, "--data", str(data), *FAST, "--output", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert "the data differs" not in capsys.readouterr().err  # same data: no notice
+    extra = _write_folder(tmp_path / "more", 2)
+    for kind in ("images", "masks"):
+        for index in range(2):
+            shutil.copy(extra / kind / f"s{index}.png", data / kind / f"t{index}.png")
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    err = capsys.readouterr().err
+    assert f"the data differs from the data {run / 'last.json'} was trained on" in err
+    assert "(6 images then, split 5 / 1; 8 now, split 6 / 2)" in err
+    assert "the training continues on the new data" in err
+
+
+def test_fault_mask_values_leaving_empty_classes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_folder(tmp_path / "data", 3)
+    out = tmp_path / "o"
+    args = ["train", *UNET, "--data", str(data), *FAST, "--mask-values", "0:0,1:5"]
+    line = _fails([*args, "--output", str(out)], capsys)
+    assert "--mask-values 0:0,1:5 maps to classes 0, 5, so class(es) 1, 2, 3, 4" in line
+    assert "e.g. --mask-values 0:0,1:1" in line
+    assert not out.exists()

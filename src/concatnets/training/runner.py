@@ -16,6 +16,7 @@ or asks to overwrite it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -203,6 +204,8 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
             f"choose from {', '.join(NORMALIZATIONS)}"
         )
     mask_values = parse_mask_values(config.mask_values) if config.mask_values else None
+    if mask_values is not None:
+        _check_classes_consecutive(config.mask_values or "", mask_values)
     data = open_labelled_data(
         config.data,
         num_images=config.num_images,
@@ -257,6 +260,51 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
     train_set = LabelledDataset(data, train_indices, augment=augment, train=True, **common)
     val_set = LabelledDataset(val_data, val_indices, train=False, **common)
     return PreparedData(data, train_set, val_set, policy, loss)
+
+
+def _check_classes_consecutive(text: str, mapping: dict[int, int]) -> None:
+    """Refuse a ``--mask-values`` map that leaves classes without any mask value."""
+    classes = sorted(set(mapping.values()))
+    if classes == list(range(len(classes))):
+        return
+    empty = sorted(set(range(classes[-1] + 1)) - set(classes))
+    renumbered = {klass: index for index, klass in enumerate(classes)}
+    example = ",".join(f"{value}:{renumbered[klass]}" for value, klass in mapping.items())
+    raise ValueError(
+        f"--mask-values {text} maps to classes {', '.join(map(str, classes))}, so class(es) "
+        f"{', '.join(map(str, empty))} would have no pixels and the model "
+        f"{classes[-1] + 1} outputs; number the classes 0..{len(classes) - 1}, "
+        f"e.g. --mask-values {example}"
+    )
+
+
+def data_fingerprint(prepared: PreparedData) -> dict[str, Any]:
+    """What identifies the samples a run trains and validates on: counts and a hash of
+    their names in order (a resumed run compares it with its checkpoint's)."""
+    digest = hashlib.sha256()
+    for dataset in (prepared.train_set, prepared.val_set):
+        names = (dataset.data.names[index] for index in dataset.indices)
+        digest.update(b"\0".join(name.encode("utf-8") for name in names) + b"\1")
+    return {
+        "images": len(prepared.data),
+        "train": len(prepared.train_set),
+        "val": len(prepared.val_set),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _notice_data_change(checkpoint: Checkpoint, fingerprint: dict[str, Any]) -> None:
+    saved = checkpoint.metadata.get("data_fingerprint")
+    if not isinstance(saved, dict) or saved.get("sha256") == fingerprint["sha256"]:
+        return
+    notice(
+        f"the data differs from the data {checkpoint.path} was trained on "
+        f"({saved.get('images')} images then, split {saved.get('train')} / {saved.get('val')}; "
+        f"{fingerprint['images']} now, split {fingerprint['train']} / {fingerprint['val']}): "
+        "the training continues on the new data, but its split and order differ, so some "
+        "images used for training may now be validated and the result will not match an "
+        "uninterrupted run; resume on the original data to avoid this"
+    )
 
 
 def model_kwargs_for(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
@@ -570,6 +618,7 @@ def _train_in_folder(
                 else None
             ),
             "loss": prepared.loss,
+            "data_fingerprint": data_fingerprint(prepared),
             "config": config_to_dict(config),
         }
         trainer = Trainer(
@@ -598,6 +647,8 @@ def _train_in_folder(
             checkpoint = load_checkpoint(resume_dir)
             check_compatible(checkpoint, model, config.model)
             _check_resumable(checkpoint, config, ctx)
+            if ctx.is_main:
+                _notice_data_change(checkpoint, metadata["data_fingerprint"])
             check_optimizer_state(checkpoint, optimizer, unwrap_model(model))
             if _restore(trainer, checkpoint, config):
                 trainer.replay_schedule(
