@@ -35,6 +35,11 @@ Fault -> test:
   test_fault_tampered_last_json_structure_is_one_error_line
 - --resume after the data changed (notice) -> test_fault_resume_after_the_data_changed_says_so
 - --mask-values leaving empty classes -> test_fault_mask_values_leaving_empty_classes_are_refused
+- pickled weights (blocked GLOBAL, raw pickle) ->
+  test_fault_pickled_weights_are_named_for_what_they_are
+- --resume of a missing folder -> test_fault_resume_of_a_missing_folder_says_it_does_not_exist
+- temporary files of a killed write -> test_fault_temporary_files_of_a_killed_write_are_cleaned
+- run files 0600 under umask 022 -> test_fault_run_files_follow_the_umask
 - resume numbers out of range (epoch 10**9, -5, ...) ->
   test_fault_resume_numbers_out_of_range_are_refused_at_once
 - kill -9 writing best after last was committed ->
@@ -49,6 +54,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -719,3 +725,67 @@ def test_fault_mask_values_leaving_empty_classes_are_refused(
     assert "--mask-values 0:0,1:5 maps to classes 0, 5, so class(es) 1, 2, 3, 4" in line
     assert "e.g. --mask-values 0:0,1:1" in line
     assert not out.exists()
+
+
+class _SystemExploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_fault_pickled_weights_are_named_for_what_they_are(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = trained
+    marker = tmp_path / "code-ran"
+    out = tmp_path / "o"
+    args = ["train", *UNET, "--data", str(data), *FAST, "--output", str(out), "--init-weights"]
+    # torch 2.13 words it "unsupported GLOBAL posix.system whose module posix is blocked".
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(1), "payload": _SystemExploit(marker)}, evil)
+    line = _fails([*args, str(evil)], capsys)
+    assert "unsupported GLOBAL posix.system" in line
+    assert "would need pickle code execution, which concatnets refuses" in line
+    # A raw pickle (not torch.save) is named as such, without torch's warning lines.
+    raw = tmp_path / "raw.pth"
+    model = create_model("unet_small", features=4, depth=2, in_channels=1, num_classes=2)
+    raw.write_bytes(pickle.dumps(model.state_dict(), protocol=4))
+    assert main([*args, str(raw)]) == 2
+    err = capsys.readouterr().err
+    assert "Warning" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{raw} is a plain Python pickle, not a file written by torch.save" in err
+    assert not marker.exists() and not out.exists()
+
+
+def test_fault_resume_of_a_missing_folder_says_it_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _fails(["train", "--resume", str(tmp_path / "nope")], capsys)
+    assert f"--resume {tmp_path / 'nope'} does not exist" in line
+    assert not (tmp_path / "nope").exists()
+
+
+def test_fault_temporary_files_of_a_killed_write_are_cleaned(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = run_copy
+    for name in (".config.json.k1l2m3.tmp", ".metrics.csv.a8b9c0.tmp"):
+        (run / name).write_text("half a file")
+    (run / ".notes.txt.tmp").write_text("not ours")
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert "removed 2 temporary file(s) of interrupted writes" in capsys.readouterr().err
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [".notes.txt.tmp"]
+
+
+def test_fault_run_files_follow_the_umask(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained
+    run = tmp_path / "run"
+    previous = os.umask(0o022)
+    try:
+        assert main(["train", *UNET, "--data", str(data), *FAST, "--output", str(run)]) == 0
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir() if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes

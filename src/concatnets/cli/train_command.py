@@ -279,6 +279,11 @@ def _saved_settings(run_dir: Path) -> tuple[dict[str, Any], str]:
     The checkpoint's own copy is authoritative: ``config.json`` records the latest start,
     which may have failed before saving anything (e.g. a resume that diverged).
     """
+    if not run_dir.exists():
+        raise FileNotFoundError(
+            f"--resume {run_dir} does not exist; pass the run folder written by "
+            "`concatnets train` (it holds config.json and last.json)"
+        )
     last = run_dir / "last.json"
     if last.exists():
         try:

@@ -39,6 +39,8 @@ import os
 import pickle  # only for the exception torch.load raises when it refuses a file
 import re
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -507,6 +509,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0644
+        # under umask 022), so run files stay readable by the group as the user expects.
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+            os.fchmod(descriptor, 0o666 & ~_current_umask())
         with os.fdopen(descriptor, "wb") as handle:
             _write_bytes(handle, data)
             handle.flush()
@@ -516,6 +522,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
         _remove_quietly(Path(temporary))
         raise
     _fsync_directory(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -695,15 +707,26 @@ def _load_safetensors_weights(path: Path) -> dict[str, Tensor]:
 
 def _load_torch_weights(path: Path) -> dict[str, Tensor]:
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before failing; our error says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
-        if "Unsupported global" in reason:
+        if "unsupported global" in reason.lower():
             raise CheckpointError(
                 f"{path} contains Python objects besides tensors ({reason}) and would need "
                 "pickle code execution, which concatnets refuses; in the environment that made "
                 "it, load it and re-save the state dict with safetensors.torch.save_file("
                 "model.state_dict(), 'weights.safetensors')"
+            ) from exc
+        if _is_raw_pickle(path):
+            raise CheckpointError(
+                f"{path} is a plain Python pickle, not a file written by torch.save ({reason}); "
+                "loading it would need pickle, which can run code and which concatnets "
+                "refuses; in the environment that made it, re-save the weights with "
+                "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors') or "
+                "torch.save(model.state_dict(), 'weights.pth')"
             ) from exc
         raise CheckpointError(
             f"weights file {path} is truncated, corrupt or not a PyTorch file ({reason}); "
@@ -718,13 +741,27 @@ def _load_torch_weights(path: Path) -> dict[str, Tensor]:
     return _strip_wrapper_prefixes(_unwrap_container(loaded, path))
 
 
+def _is_raw_pickle(path: Path) -> bool:
+    """A pickle stream of protocol 2 or later that is not a torch.save zip archive."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return not zipfile.is_zipfile(path) and len(head) == 2 and head[0] == 0x80
+
+
 def _unpickler_reason(exc: Exception) -> str:
-    # torch's message is long; the line after "WeightsUnpickler error:" names the cause.
+    # torch's message is long; the line naming a blocked GLOBAL, else the line after
+    # "WeightsUnpickler error:", names the cause.
     text = str(exc)
     marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "unsupported global" in line.lower():
+            return line.split(marker, 1)[-1].strip().split(". ")[0].rstrip(".")
+    if marker in text:
+        lines = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
     return lines[0].split(". ")[0] if lines else type(exc).__name__
 
 

@@ -498,6 +498,9 @@ def _prepare_run_folder(run_dir: Path, config: TrainConfig, *, overwrite: bool) 
     if overwrite:
         remove_run_files(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_temporary_files(run_dir)
+    if removed:
+        notice(f"removed {len(removed)} temporary file(s) of interrupted writes from {run_dir}")
     write_config(config, run_dir / "config.json")
 
 
