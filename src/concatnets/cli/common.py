@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import textwrap
 
 import torch
@@ -10,9 +11,11 @@ import torch
 __all__ = [
     "HelpFormatter",
     "add_data_source_arguments",
+    "chosen_subparser",
     "describe",
     "epilog",
     "resolve_device",
+    "unrecognized_arguments_message",
 ]
 
 
@@ -76,3 +79,54 @@ def add_data_source_arguments(parser: argparse.ArgumentParser, *, default_note: 
         help="stored mask value -> class, e.g. 0:0,255:1 (default: the training run's)",
     )
     group.add_argument("--seed", type=int, help="seed of built-in data generation")
+
+
+def chosen_subparser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The deepest subcommand parser that ``args`` went through (``parser`` without any).
+
+    Args:
+        parser: The top-level parser.
+        args: What it parsed.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None) if action.dest else None
+            if name in action.choices:
+                return chosen_subparser(action.choices[name], args)
+    return parser
+
+
+def unrecognized_arguments_message(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """argparse's "unrecognized arguments" line plus the closest flag of ``parser``.
+
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--model")
+    >>> unrecognized_arguments_message(p, ["--modle", "unet"])
+    'unrecognized arguments: --modle unet; did you mean --model?'
+
+    Args:
+        parser: The (sub)command parser whose flags were expected.
+        extras: The arguments it did not recognise.
+    """
+    flags = [
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    ]
+    suggestions = []
+    for extra in extras:
+        if not extra.startswith("-"):
+            continue
+        typed = extra.split("=", 1)[0]
+        close = difflib.get_close_matches(typed, flags, n=1, cutoff=0.6)
+        if close and close[0] not in suggestions:
+            suggestions.append(close[0])
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    if suggestions:
+        message += f"; did you mean {' or '.join(suggestions)}?"
+    else:
+        message += f"; see `{parser.prog} --help` for the options"
+    return message
