@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import textwrap
 
 import torch
@@ -20,7 +21,24 @@ __all__ = [
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the hand-formatted examples of epilogs and descriptions as written."""
+    """Keeps the hand-formatted examples of epilogs and descriptions as written.
+
+    An option whose help does not mention its default gets ``(default: X)`` appended,
+    so every default is stated (flags that are off unless given say nothing).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+            and not (isinstance(default, (list, tuple, dict)) and not default)
+        ):
+            shown = "on" if default is True else "%(default)s"
+            return f"{text} (default: {shown})" if text else f"default: {shown}"
+        return action.help
 
 
 def epilog(*examples: str) -> str:
@@ -32,9 +50,22 @@ def epilog(*examples: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in examples)
 
 
+_REST_LITERAL = re.compile(r"``(.+?)``")
+_REST_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
+
+
 def describe(text: str) -> str:
-    """Dedent a description block."""
-    return textwrap.dedent(text).strip()
+    """A description block for ``--help``: dedented, reST markup shown as plain text.
+
+    >>> describe("``concatnets demo``: calls :func:`run_training`.")
+    'concatnets demo: calls run_training.'
+
+    Args:
+        text: A docstring or other reST-flavoured block.
+    """
+    plain = _REST_LITERAL.sub(r"\1", text)
+    plain = _REST_ROLE.sub(lambda m: m[2].rsplit(".", 1)[-1] if m[1] else m[2], plain)
+    return textwrap.dedent(plain).strip()
 
 
 def resolve_device(name: str) -> torch.device:
