@@ -11,6 +11,8 @@ from concatnets.data.datasets import LabelledDataset, resolve_size_policy
 from concatnets.data.folders import detect_layout, find_input_images
 from concatnets.data.sources import open_labelled_data
 from concatnets.data.split import split_indices
+from concatnets.training.config import TrainConfig
+from concatnets.training.runner import prepare_data
 
 
 def _write_pair(root: Path, stem: str, size: tuple[int, int], mask_name: str | None = None) -> None:
@@ -118,3 +120,9 @@ def test_a_tiny_validation_split_gets_a_notice_that_says_how_to_grow_it():
 def test_a_large_enough_or_deliberately_empty_validation_split_gets_none():
     assert split.small_validation_message(split.MIN_VALIDATION_SAMPLES, 50, 0.2) is None
     assert split.small_validation_message(0, 50, 0.0) is None
+
+
+def test_training_on_a_tiny_split_prints_the_notice(capsys):
+    config = TrainConfig(data="builtin:cells", num_images=8, image_size=16)
+    prepare_data(config, "segmentation")
+    assert "notice: the validation split holds only 2 of 8 images" in capsys.readouterr().err

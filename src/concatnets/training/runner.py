@@ -29,7 +29,7 @@ from concatnets.data.datasets import LabelledDataset, channel_statistics, resolv
 from concatnets.data.masks import parse_mask_values
 from concatnets.data.notices import notice
 from concatnets.data.sources import LabelledData, describe_dims, open_labelled_data
-from concatnets.data.split import split_indices
+from concatnets.data.split import small_validation_message, split_indices
 from concatnets.data.transforms import (
     NORMALIZATIONS,
     Augment,
@@ -221,6 +221,15 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
         train_indices, val_indices = split_indices(
             len(data), config.val_fraction, config.seed, labels=data.labels
         )
+    small = small_validation_message(
+        len(val_indices),
+        len(data),
+        config.val_fraction,
+        val_folder=config.val_data,
+        kind="volume" if data.spatial_dims == 3 else "image",
+    )
+    if small:
+        notice(small)
     loss = config.loss
     if loss == "auto":
         loss = "ce_dice" if task == "segmentation" else "ce"
