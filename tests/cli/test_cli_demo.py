@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from concatnets.cli.demo_command import compare_memory
+from concatnets.cli.demo_command import _print_memory, compare_memory
 from concatnets.cli.main import main
 
 
@@ -15,6 +15,7 @@ def test_demo_trains_and_reports_dice_and_overlay(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "validation Dice" in out and "overlay PNG:" in out
+    assert "img/s, process peak RSS " in out  # the training log names what its peak is
     summary = json.loads((output / "demo.json").read_text())
     assert summary["overlays"] and 0.0 <= summary["best_val_dice"] <= 1.0
     assert (output / "config.json").exists()
@@ -26,3 +27,15 @@ def test_memory_comparison_measures_both_modes():
     for row in rows:
         assert row["status"] == "ok", row.get("error")
         assert row["peak_mib"] >= 0 and row["step_s"] > 0
+
+
+def test_memory_table_says_it_shows_growth_over_a_baseline(capsys):
+    rows = [
+        {"mode": m, "status": "ok", "peak_mib": p, "step_s": 0.5, "cpu_s": 0.5}
+        for m, p in (("naive", 200.0), ("efficient", 100.0))
+    ]
+    rows[0]["memory_metric"] = "cpu_rss"
+    _print_memory(rows, 16, 128)
+    out = capsys.readouterr().out
+    assert "growth of the peak over the process's baseline before the step (cpu_rss)" in out
+    assert "naive      +200.0 MiB peak growth" in out and "0.50x memory" in out

@@ -85,8 +85,10 @@ def _print_memory(rows: list[dict[str, Any]], batch: int, image_size: int) -> No
     naive = next((r for r in rows if r["mode"] == "naive" and r["status"] == "ok"), None)
     metric = rows[0].get("memory_metric") or "memory"
     print(
-        f"peak training-step memory, unet_small, batch {batch}, {image_size}x{image_size} "
-        f"({metric}):"
+        f"memory of one training step, unet_small, batch {batch}, {image_size}x{image_size}: "
+        f"growth of the peak over the process's baseline before the step ({metric}), "
+        "measured in a fresh process per mode; the training log's figure above is the whole "
+        "process's peak instead"
     )
     for row in rows:
         if row["status"] != "ok":
@@ -100,7 +102,8 @@ def _print_memory(rows: list[dict[str, Any]], batch: int, image_size: int) -> No
                 f"{row['cpu_s'] / naive['cpu_s']:.2f}x CPU time vs naive)"
             )
         print(
-            f"  {row['mode']:<10} {row['peak_mib']:8.1f} MiB  {row['step_s'] * 1000:7.1f} ms{ratio}"
+            f"  {row['mode']:<10} +{row['peak_mib']:.1f} MiB peak growth, "
+            f"{row['step_s'] * 1000:.1f} ms/step{ratio}"
         )
 
 
