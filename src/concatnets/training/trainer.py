@@ -720,6 +720,7 @@ class Trainer:
                         prediction,
                         len(self.class_names),
                         target=np.where(target < 0, 0, target),
+                        class_names=self.class_names,
                     )
                 )
         finally:
