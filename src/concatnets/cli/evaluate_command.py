@@ -205,6 +205,7 @@ def _write_overlays(
                 prediction.numpy(),
                 len(trained.class_names),
                 target=np.where(target.numpy() < 0, 0, target.numpy()),
+                class_names=trained.class_names,
             )
 
 
