@@ -113,3 +113,21 @@ def test_tint_only_classes_are_learned_with_default_flags(tmp_path):
     evaluated = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())
     best = max(result.state.history, key=lambda row: row["val_top1"])
     assert evaluated["metrics"]["top1"] == pytest.approx(best["val_top1"])
+
+
+def test_saved_statistics_are_reused_not_recomputed(tmp_path):
+    # A resumed run reads its statistics back from config.json / the checkpoint.
+    data = _tinted_class_folders(tmp_path / "tints", per_class=2)
+    saved = {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5], "images": 3}
+    config = TrainConfig(data=str(data), model="densenet_bc", normalization_statistics=saved)
+    prepared = prepare_data(config, "classification")
+    assert prepared.statistics == ChannelStatistics((0.1, 0.2, 0.3), (0.5, 0.5, 0.5), 3)
+    assert prepared.train_set.statistics == prepared.statistics
+
+
+def test_saved_statistics_of_other_channels_are_refused(tmp_path):
+    data = _tinted_class_folders(tmp_path / "tints", per_class=2)
+    saved = {"mean": [0.1], "std": [0.5], "images": 3}
+    config = TrainConfig(data=str(data), model="densenet_bc", normalization_statistics=saved)
+    with pytest.raises(ValueError, match=r"hold 1 channel\(s\) but the images in .* have 3"):
+        prepare_data(config, "classification")
