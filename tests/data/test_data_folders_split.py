@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from concatnets.data import split
 from concatnets.data.datasets import LabelledDataset, resolve_size_policy
 from concatnets.data.folders import detect_layout, find_input_images
 from concatnets.data.sources import open_labelled_data
 from concatnets.data.split import split_indices
+from concatnets.training.config import TrainConfig
+from concatnets.training.runner import prepare_data
 
 
 def _write_pair(root: Path, stem: str, size: tuple[int, int], mask_name: str | None = None) -> None:
@@ -103,3 +106,23 @@ def test_split_rejects_fraction_leaving_nothing():
     with pytest.raises(ValueError, match="val-fraction"):
         split_indices(4, 1.0, seed=0)
     assert split_indices(3, 0.01, seed=0)[1] != []
+
+
+def test_a_tiny_validation_split_gets_a_notice_that_says_how_to_grow_it():
+    message = split.small_validation_message(2, 8, 0.2)
+    assert message is not None
+    assert "only 2 of 8 images" in message and "--val-data FOLDER" in message
+    assert "raise --val-fraction (e.g. 0.2)" in split.small_validation_message(5, 50, 0.1)
+    folder = split.small_validation_message(3, 40, 0.2, val_folder="val/", kind="volume")
+    assert folder.startswith("--val-data val/ holds only 3 volume(s)")
+
+
+def test_a_large_enough_or_deliberately_empty_validation_split_gets_none():
+    assert split.small_validation_message(split.MIN_VALIDATION_SAMPLES, 50, 0.2) is None
+    assert split.small_validation_message(0, 50, 0.0) is None
+
+
+def test_training_on_a_tiny_split_prints_the_notice(capsys):
+    config = TrainConfig(data="builtin:cells", num_images=8, image_size=16)
+    prepare_data(config, "segmentation")
+    assert "notice: the validation split holds only 2 of 8 images" in capsys.readouterr().err

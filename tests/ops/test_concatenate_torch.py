@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -42,7 +44,7 @@ def test_axis_out_of_range_raises_numpys_axis_error() -> None:
 
 def test_empty_one_dimensional_tensor_is_not_silently_skipped() -> None:
     # torch.cat skips 1-D empty tensors for backward compatibility; numpy does not.
-    with pytest.raises(ValueError, match=r"array 1 has 1 dimensions but array 0 has 2"):
+    with pytest.raises(ValueError, match=r"index 0 has 2 dimension\(s\) and the array at index 1"):
         concatenate((torch.zeros(2, 2), torch.zeros(0)))
 
 
@@ -51,7 +53,7 @@ def test_spatial_mismatch_message_suggests_crop_or_pad() -> None:
     with pytest.raises(ValueError) as info:
         concatenate((skip, upsampled), axis=1)
     message = str(info.value)
-    assert "array 1 has size 45 in dimension 3 but array 0 has size 46" in message
+    assert "along dimension 3, the array at index 0 has size 46 and the array at index 1" in message
     assert "center_crop_to(x, ref)" in message
 
 
@@ -69,13 +71,13 @@ def test_dtype_argument_accepts_torch_and_numpy_dtypes() -> None:
 
 def test_dtype_casting_rules_are_numpys() -> None:
     pair = (torch.ones(2), torch.ones(2))
-    with pytest.raises(TypeError, match=r"array 0 from float32 to int32 under casting='same_kind'"):
+    with pytest.raises(TypeError, match=r"Array 0 \(float32\) may not become int32 under"):
         concatenate(pair, dtype=torch.int32)
     assert concatenate(pair, dtype=torch.int32, casting="unsafe").dtype == torch.int32
 
 
 def test_out_and_dtype_together_raise_type_error() -> None:
-    with pytest.raises(TypeError, match=r"either `out` or `dtype`"):
+    with pytest.raises(TypeError, match=r"^concatenate\(\) only takes `out` or `dtype`.*drop"):
         concatenate((torch.ones(2),), out=torch.empty(2), dtype=torch.float32)
 
 
@@ -87,7 +89,7 @@ def test_out_wrong_shape_is_not_resized() -> None:
 
 
 def test_out_casting_error_with_tensors() -> None:
-    with pytest.raises(TypeError, match=r"array 0 from float32 to int64"):
+    with pytest.raises(TypeError, match=r"Array 0 \(float32\) may not become int64"):
         concatenate((torch.ones(2),), out=torch.empty(2, dtype=torch.int64))
 
 
@@ -250,3 +252,36 @@ class TestAutogradThroughOut:
         out = torch.empty(2, dtype=torch.int64)
         result = concatenate((torch.ones(2, requires_grad=True),), out=out, casting="unsafe")
         assert result is out and not result.requires_grad
+
+
+_T = torch.tensor
+TENSOR_BAD_CALLS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "empty": ((), {}),
+    "zero_dim": ((np.array(1.0), np.array(2.0)), {}),
+    "axis_too_big": ((np.zeros((2, 2)), np.zeros((1, 2))), {"axis": 2}),
+    "ndim_mismatch": ((np.zeros(2), np.zeros((2, 2))), {}),
+    "size_mismatch": ((np.zeros((2, 2)), np.zeros((1, 2))), {"axis": 1}),
+    "feature_map": ((np.zeros((1, 2, 4, 4)), np.zeros((1, 2, 4, 3))), {"axis": 1}),
+    "out_wrong_shape": ((np.zeros((2, 2)), np.zeros((1, 2))), {"out": np.zeros((2, 2))}),
+    "out_wrong_ndim": ((np.zeros((2, 2)), np.zeros((1, 2))), {"out": np.zeros(6)}),
+    "out_flat_size": ((np.zeros(2), np.zeros(2)), {"axis": None, "out": np.zeros(5)}),
+    "out_flat_2d": ((np.zeros(2), np.zeros(2)), {"axis": None, "out": np.zeros((2, 2))}),
+    "cast_dtype": ((np.zeros(2), np.zeros(2)), {"dtype": np.int64}),
+    "cast_out": ((np.zeros(2),), {"out": np.zeros(2, dtype=np.int32)}),
+    "casting_rule": ((np.zeros(2),), {"casting": "sometimes"}),
+    "out_and_dtype": ((np.zeros(2),), {"out": np.zeros(2), "dtype": np.float64}),
+}
+
+
+@pytest.mark.parametrize("name", list(TENSOR_BAD_CALLS))
+def test_tensor_errors_start_with_the_sentence_numpy_gives_for_the_same_call(name: str) -> None:
+    arrays, kwargs = TENSOR_BAD_CALLS[name]
+    with pytest.raises(Exception) as numpy_info:
+        np.concatenate(arrays, **kwargs)
+    tensor_kwargs = {k: _T(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    if "dtype" in tensor_kwargs and "out" not in kwargs:
+        tensor_kwargs["casting"] = "same_kind"
+    with pytest.raises(type(numpy_info.value)) as info:
+        concatenate([_T(a) for a in arrays], **tensor_kwargs)
+    assert str(info.value).startswith(str(numpy_info.value)), (info.value, numpy_info.value)
+    assert len(str(info.value)) > len(str(numpy_info.value)) + 20

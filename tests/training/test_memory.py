@@ -7,7 +7,12 @@ import sys
 import pytest
 import torch
 
-from concatnets.training.memory import format_bytes, peak_memory_bytes, reset_peak_memory
+from concatnets.training.memory import (
+    format_bytes,
+    peak_memory_bytes,
+    peak_memory_label,
+    reset_peak_memory,
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the mark resets on Linux only")
@@ -22,3 +27,8 @@ def test_cpu_peak_restarts_after_a_reset() -> None:
 
 def test_format_bytes_uses_binary_units() -> None:
     assert format_bytes(3 * 2**20) == "3.0 MiB"
+
+
+def test_peak_label_names_what_is_measured() -> None:
+    assert peak_memory_label("cpu") == "process peak RSS"
+    assert peak_memory_label("cuda:0") == "peak CUDA allocated"

@@ -143,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
         notice("images differ in size: evaluating one image at a time at native size")
         batch_size = 1
     dataset = LabelledDataset(
-        data, indices, size_policy=policy, normalization=trained.normalization, train=False
+        data,
+        indices,
+        size_policy=policy,
+        normalization=trained.normalization,
+        statistics=trained.normalization_statistics,
+        train=False,
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
     result = evaluate_model(
@@ -200,6 +205,7 @@ def _write_overlays(
                 prediction.numpy(),
                 len(trained.class_names),
                 target=np.where(target.numpy() < 0, 0, target.numpy()),
+                class_names=trained.class_names,
             )
 
 

@@ -20,7 +20,12 @@ from concatnets.cli import (
     predict_command,
     train_command,
 )
-from concatnets.cli.common import HelpFormatter, epilog
+from concatnets.cli.common import (
+    HelpFormatter,
+    chosen_subparser,
+    epilog,
+    unrecognized_arguments_message,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -33,11 +38,17 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     PermissionError,
 )
 
+# Python 3.14's argparse suggests the closest subcommand or choice for a typo.
+_SUGGEST_ON_ERROR: dict[str, bool] = (
+    {"suggest_on_error": True} if sys.version_info >= (3, 14) else {}
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="concatnets",
+        **_SUGGEST_ON_ERROR,
         description="Concatenation-based networks (DenseNet, U-Net) whose training memory "
         "grows linearly with depth: train, evaluate, predict and benchmark.",
         formatter_class=HelpFormatter,
@@ -91,7 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; default ``sys.argv[1:]``.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # the subcommand's usage and its closest flag, not the top-level usage
+        command = chosen_subparser(parser, args)
+        command.error(unrecognized_arguments_message(command, extras))
     debug = os.environ.get("CONCATNETS_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)

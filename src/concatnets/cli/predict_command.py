@@ -77,7 +77,9 @@ def predict_logits(
     model = trained.model
     device = next(model.parameters()).device
     dims = trained.spatial_dims
-    x = load_input_tensor(image, trained.in_channels, trained.normalization, dims)[None]
+    x = load_input_tensor(
+        image, trained.in_channels, trained.normalization, dims, trained.normalization_statistics
+    )[None]
     original = tuple(x.shape[2:])
     saved_policy = trained.metadata.get("size_policy") or {}
     resized = saved_policy.get("mode") == "resize"

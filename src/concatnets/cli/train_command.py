@@ -135,7 +135,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--normalization",
         choices=NORMALIZATIONS,
         default=s,
-        help="image: per-image zero mean/unit variance; unit: [0, 1]" + _default("normalization"),
+        help="dataset: per-channel mean/std of the training split, computed once and kept in "
+        "the run (keeps colour and brightness); image: each image to zero mean/unit variance "
+        "on its own; unit: [0, 1]" + _default("normalization"),
     )
     data.add_argument(
         "--augment",

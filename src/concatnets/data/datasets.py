@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,12 +15,23 @@ from concatnets.data.sources import LabelledData
 from concatnets.data.transforms import (
     SIZE_POLICIES,
     Augment,
+    ChannelStatistics,
     SizePolicy,
     match_channels,
     normalize_image,
 )
 
-__all__ = ["LabelledDataset", "load_input_tensor", "resolve_size_policy", "sample_generator"]
+__all__ = [
+    "STATISTICS_MAX_IMAGES",
+    "LabelledDataset",
+    "channel_statistics",
+    "load_input_tensor",
+    "resolve_size_policy",
+    "sample_generator",
+]
+
+STATISTICS_MAX_IMAGES = 2048
+"""Training images read to compute ``--normalization dataset`` statistics (evenly spaced)."""
 
 WeightMapFn = Callable[[np.ndarray], np.ndarray]
 
@@ -91,7 +102,11 @@ def _patch_target(patch_size: int | Sequence[int], spatial_dims: int) -> tuple[i
 
 
 def load_input_tensor(
-    image: np.ndarray, channels: int, normalization: str, spatial_dims: int = 2
+    image: np.ndarray,
+    channels: int,
+    normalization: str,
+    spatial_dims: int = 2,
+    statistics: ChannelStatistics | None = None,
 ) -> Tensor:
     """Turn a stored image into the normalized ``(C, H, W)`` float tensor models see.
 
@@ -100,11 +115,37 @@ def load_input_tensor(
             ``spatial_dims=3`` a ``(D, H, W)`` or ``(D, H, W, C)`` volume, which becomes
             ``(C, D, H, W)``.
         channels: Channels the model expects (1 or 3; volumes: exactly theirs).
-        normalization: ``'image'`` or ``'unit'`` (see :func:`normalize_image`).
+        normalization: ``'dataset'``, ``'image'`` or ``'unit'`` (see :func:`normalize_image`).
         spatial_dims: 2 for images, 3 for volumes.
+        statistics: The training split's channel statistics, for ``'dataset'``.
     """
     array = to_float_image(match_channels(image, channels, spatial_dims), spatial_dims)
-    return normalize_image(torch.from_numpy(array), normalization)
+    return normalize_image(torch.from_numpy(array), normalization, statistics)
+
+
+def channel_statistics(
+    data: LabelledData, indices: Sequence[int], max_images: int = STATISTICS_MAX_IMAGES
+) -> ChannelStatistics:
+    """Per-channel mean and std of the training images of ``data``, in [0, 1] units.
+
+    Read once before training, from the stored images (before size policy and
+    augmentation); beyond ``max_images`` an evenly spaced subset of the split is read.
+
+    Args:
+        data: The dataset.
+        indices: The training split.
+        max_images: Most images read.
+    """
+    chosen = list(indices)
+    if len(chosen) > max_images:
+        chosen = [chosen[i * len(chosen) // max_images] for i in range(max_images)]
+
+    def images() -> Iterator[Tensor]:
+        for index in chosen:
+            raw_image, _ = data.load(index)
+            yield load_input_tensor(raw_image, data.in_channels, "unit", data.spatial_dims)
+
+    return ChannelStatistics.of_images(images())
 
 
 class LabelledDataset(Dataset[dict[str, Tensor]]):
@@ -121,7 +162,8 @@ class LabelledDataset(Dataset[dict[str, Tensor]]):
         indices: Which samples of ``data`` this split holds.
         size_policy: How to bring samples to one size, or ``None``.
         augment: Augmentation applied in training, or ``None``.
-        normalization: ``'image'`` or ``'unit'``.
+        normalization: ``'dataset'``, ``'image'`` or ``'unit'``.
+        statistics: The training split's channel statistics, for ``'dataset'``.
         seed: Seed of the augmentation streams.
         train: Random crops and augmentation on; off gives deterministic samples.
         weight_map: Computes a per-pixel loss weight from the final class mask.
@@ -135,6 +177,7 @@ class LabelledDataset(Dataset[dict[str, Tensor]]):
         size_policy: SizePolicy | None = None,
         augment: Augment | None = None,
         normalization: str = "image",
+        statistics: ChannelStatistics | None = None,
         seed: int = 0,
         train: bool = False,
         weight_map: WeightMapFn | None = None,
@@ -144,6 +187,7 @@ class LabelledDataset(Dataset[dict[str, Tensor]]):
         self.size_policy = size_policy
         self.augment = augment
         self.normalization = normalization
+        self.statistics = statistics
         self.seed = seed
         self.train = train
         self.weight_map = weight_map
@@ -160,7 +204,11 @@ class LabelledDataset(Dataset[dict[str, Tensor]]):
         index = self.indices[position]
         raw_image, raw_target = self.data.load(index)
         image = load_input_tensor(
-            raw_image, self.data.in_channels, self.normalization, self.data.spatial_dims
+            raw_image,
+            self.data.in_channels,
+            self.normalization,
+            self.data.spatial_dims,
+            self.statistics,
         )
         mask = None
         if self.data.task == "segmentation":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["split_indices"]
+__all__ = ["MIN_VALIDATION_SAMPLES", "small_validation_message", "split_indices"]
+
+MIN_VALIDATION_SAMPLES = 10
+"""Fewer validation samples than this get a notice: their metrics move in big steps."""
 
 
 def split_indices(
@@ -57,3 +61,43 @@ def split_indices(
             f"--val-fraction {val_fraction} leaves no training samples out of {count}; lower it"
         )
     return train, sorted(val)
+
+
+def small_validation_message(
+    val_count: int,
+    total: int,
+    val_fraction: float,
+    *,
+    val_folder: str | None = None,
+    kind: str = "image",
+) -> str | None:
+    """A notice for a validation set below :data:`MIN_VALIDATION_SAMPLES`, else None.
+
+    An empty one (``--val-fraction 0``) was asked for and gets none.
+
+    >>> small_validation_message(2, 8, 0.2)[:52]
+    'the validation split holds only 2 of 8 images (--val'
+
+    Args:
+        val_count: Validation samples.
+        total: Samples of the training data (validation split included).
+        val_fraction: The ``--val-fraction`` used for the split.
+        val_folder: The ``--val-data`` folder, when validation has its own.
+        kind: ``'image'`` or ``'volume'``.
+    """
+    if val_count == 0 or val_count >= MIN_VALIDATION_SAMPLES:
+        return None
+    consequence = "its metrics move in big steps and choose the best checkpoint on little evidence"
+    if val_folder is not None:
+        return (
+            f"--val-data {val_folder} holds only {val_count} {kind}(s): {consequence}; "
+            f"add {kind}s to it (at least {MIN_VALIDATION_SAMPLES} are advised)"
+        )
+    advice = f"add {kind}s or pass --val-data FOLDER"
+    needed = MIN_VALIDATION_SAMPLES / max(total, 1)
+    if needed <= 0.5:
+        advice = f"raise --val-fraction (e.g. {math.ceil(needed * 20) / 20:g}), {advice}"
+    return (
+        f"the validation split holds only {val_count} of {total} {kind}s (--val-fraction "
+        f"{val_fraction:g}): {consequence}; {advice}"
+    )

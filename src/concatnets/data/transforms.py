@@ -10,8 +10,10 @@ or on whether training was resumed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ __all__ = [
     "NORMALIZATIONS",
     "SIZE_POLICIES",
     "Augment",
+    "ChannelStatistics",
     "SizePolicy",
     "elastic_deform",
     "match_channels",
@@ -36,7 +39,8 @@ IGNORE_INDEX = -1
 
 AUGMENTATIONS: tuple[str, ...] = ("flip", "rot90", "elastic")
 SIZE_POLICIES: tuple[str, ...] = ("resize", "pad", "crop")
-NORMALIZATIONS: tuple[str, ...] = ("image", "unit")
+NORMALIZATIONS: tuple[str, ...] = ("dataset", "image", "unit")
+_FLAT_CHANNEL_STD = 1e-6  # a channel this flat keeps its scale (divides by 1)
 _VOLUME_PLANES = ((-3, -2), (-3, -1), (-2, -1))  # (D, H), (D, W), (H, W)
 
 
@@ -306,17 +310,144 @@ def match_channels(array: np.ndarray, channels: int, spatial_dims: int = 2) -> n
     return array
 
 
-def normalize_image(image: Tensor, mode: str = "image") -> Tensor:
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """Per-channel mean and standard deviation of a training split, in [0, 1] units.
+
+    Computed once over the training images and applied unchanged to every image the
+    model sees (training, validation, evaluate, predict), so differences in colour and
+    brightness between images stay visible to the model.
+
+    Args:
+        mean: One mean per channel.
+        std: One standard deviation per channel (a channel with none keeps std 1).
+        images: How many images they were computed over.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    images: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ValueError(
+                f"channel statistics need one mean and one std per channel, got mean "
+                f"{list(self.mean)} and std {list(self.std)}"
+            )
+        values = (*self.mean, *self.std)
+        if (
+            not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            or min(self.std) <= 0
+        ):
+            raise ValueError(
+                f"channel statistics must be finite numbers with std > 0, got mean "
+                f"{list(self.mean)} and std {list(self.std)}"
+            )
+
+    @classmethod
+    def of_images(cls, images: Iterable[Tensor]) -> ChannelStatistics:
+        """Pixel-weighted statistics of ``(C, ...)`` images in [0, 1] (float64 sums).
+
+        Args:
+            images: The training images, each ``(C, H, W)`` or ``(C, D, H, W)``.
+        """
+        total = squares = None
+        pixels = count = 0
+        for image in images:
+            flat = image.reshape(image.shape[0], -1).double()
+            if total is None:
+                total, squares = flat.sum(1), (flat * flat).sum(1)
+            elif flat.shape[0] != total.shape[0]:
+                raise ValueError(
+                    f"training image {count} has {flat.shape[0]} channel(s), the first had "
+                    f"{total.shape[0]}; give every image the same channels"
+                )
+            else:
+                total, squares = total + flat.sum(1), squares + (flat * flat).sum(1)
+            pixels += flat.shape[1]
+            count += 1
+        if total is None or squares is None or pixels == 0:
+            raise ValueError(
+                "--normalization dataset needs at least one training image to compute its "
+                "channel statistics from; add images or use --normalization image"
+            )
+        mean = total / pixels
+        variance = (squares / pixels - mean * mean).clamp_min(0.0)
+        std = [s if s > _FLAT_CHANNEL_STD else 1.0 for s in variance.sqrt().tolist()]
+        return cls(tuple(mean.tolist()), tuple(std), count)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"mean": [...], "std": [...], "images": N}`` for config.json and checkpoints."""
+        return {"mean": list(self.mean), "std": list(self.std), "images": self.images}
+
+    @classmethod
+    def from_json(cls, value: object, source: str) -> ChannelStatistics:
+        """Read :meth:`to_json`'s form back, naming ``source`` if it is malformed.
+
+        Args:
+            value: The stored dict.
+            source: Where it was read from (a file or setting), for the error.
+        """
+        problem = ""
+        if isinstance(value, Mapping):
+            mean, std, images = value.get("mean"), value.get("std"), value.get("images", 0)
+            if (
+                isinstance(mean, list)
+                and isinstance(std, list)
+                and isinstance(images, int)
+                and not isinstance(images, bool)
+            ):
+                try:
+                    return cls(tuple(mean), tuple(std), images)
+                except ValueError as invalid:
+                    problem = f" ({invalid})"
+        raise ValueError(
+            f"{source}: normalization_statistics must be "
+            '{"mean": [one per channel], "std": [one per channel, > 0], "images": N}, '
+            f"got {value!r}{problem}; remove it to compute it again from the training split"
+        )
+
+    def describe(self) -> str:
+        """``mean 0.412, std 0.231 over 72 images`` (one value per channel)."""
+
+        def show(values: tuple[float, ...]) -> str:
+            return "/".join(f"{v:.3f}" for v in values)
+
+        return f"mean {show(self.mean)}, std {show(self.std)} over {self.images} images"
+
+
+def normalize_image(
+    image: Tensor, mode: str = "image", statistics: ChannelStatistics | None = None
+) -> Tensor:
     """Normalize a ``(C, H, W)`` image (or ``(C, D, H, W)`` volume) already in [0, 1].
 
     Args:
         image: The image.
-        mode: ``'image'`` standardizes each channel to zero mean and unit variance
-            over the image (robust to microscope brightness changes); ``'unit'``
-            keeps [0, 1].
+        mode: ``'dataset'`` subtracts the training split's per-channel mean and divides
+            by its std (``statistics``): colour and brightness differences between images
+            are kept. ``'image'`` standardizes each channel to zero mean and unit variance
+            over the image itself (robust to microscope brightness changes, but blind to
+            colour and brightness); ``'unit'`` keeps [0, 1].
+        statistics: The training split's statistics, for ``'dataset'``.
     """
     if mode == "unit":
         return image
+    if mode == "dataset":
+        if statistics is None:
+            raise ValueError(
+                "normalization 'dataset' needs the training split's channel statistics "
+                "(ChannelStatistics); pass them, or use normalization 'image' or 'unit'"
+            )
+        if len(statistics.mean) != image.shape[0]:
+            raise ValueError(
+                f"image of shape {tuple(image.shape)} has {image.shape[0]} channel(s) but the "
+                f"normalization statistics have {len(statistics.mean)}; use images with the "
+                "channels the model was trained on"
+            )
+        view = (-1,) + (1,) * (image.dim() - 1)
+        mean = torch.tensor(statistics.mean, dtype=image.dtype).view(view)
+        std = torch.tensor(statistics.std, dtype=image.dtype).view(view)
+        return (image - mean) / std
     if mode != "image":
         raise ValueError(f"unknown normalization {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
     spatial = tuple(range(1, image.dim()))

@@ -1,25 +1,30 @@
-"""Argument and shape checks for ``concatenate``, with numpy's exception types.
+"""Argument and shape checks for ``concatenate``, with numpy's exceptions and sentences.
 
 The checks run in the order numpy's C implementation runs its own, so that for any call
-the first problem reported here is the one numpy reports, with the same exception class
-but a message that names the offending array, dimension and sizes, and says what to do.
+the first problem reported here is the one numpy reports, with the same exception class.
+Each message starts with numpy's own sentence (code that matches numpy's messages keeps
+working, for tensors too) and goes on with what to do; the added part is kept on the
+exception as ``fix`` so numpy inputs can append it to the message numpy itself raised.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import TypeVar
 
 from numpy.exceptions import AxisError
 
 from concatnets.ops._dtypes import CASTING_RULES
 
 __all__ = [
+    "add_fix",
     "as_array_list",
     "casting_error",
     "check_casting_rule",
     "check_out_shape",
     "check_shapes",
+    "numpy_error_with_fix",
     "parse_axis",
     "reject_out_with_dtype",
 ]
@@ -29,6 +34,38 @@ Shape = tuple[int, ...]
 # Feature maps are (N, C, *spatial): 4-D for images, 5-D for volumes.
 _FEATURE_MAP_NDIMS = (4, 5)
 _FIRST_SPATIAL_DIM = 2
+
+ErrorT = TypeVar("ErrorT", bound=Exception)
+
+
+def numpy_error_with_fix(kind: type[ErrorT], numpy_sentence: str, fix: str) -> ErrorT:
+    """``kind`` with numpy's sentence first and ``fix`` after it (also kept as ``.fix``).
+
+    Args:
+        kind: The exception class numpy raises for this problem.
+        numpy_sentence: numpy's message for it, word for word.
+        fix: What to do, in our words.
+    """
+    error = kind(_joined(numpy_sentence, fix))
+    error.fix = fix  # type: ignore[attr-defined]
+    return error
+
+
+def _joined(sentence: str, fix: str) -> str:
+    return f"{sentence} {fix}" if sentence.endswith(".") else f"{sentence}. {fix}"
+
+
+def add_fix(numpy_error: Exception, diagnosis: Exception) -> Exception:
+    """numpy's own exception text followed by the fix our diagnosis found.
+
+    Args:
+        numpy_error: What ``numpy.concatenate`` raised.
+        diagnosis: The same problem found by the checks here (carrying ``fix``).
+    """
+    fix = getattr(diagnosis, "fix", None)
+    if fix is None:
+        return diagnosis
+    return type(numpy_error)(_joined(str(numpy_error), fix))
 
 
 def as_array_list(arrays: object) -> list[object]:
@@ -47,9 +84,11 @@ def as_array_list(arrays: object) -> list[object]:
     kind = type(arrays).__name__
     if getattr(arrays, "ndim", None) == 0:
         kind = f"a zero-dimensional {kind}"
-    raise TypeError(
-        f"concatenate: `arrays` must be a sequence of arrays, got {kind}; "
-        "pass a list or tuple such as concatenate((a, b)) (materialize generators with list())."
+    raise numpy_error_with_fix(
+        TypeError,
+        "The first input argument needs to be a sequence",
+        f"concatenate got {kind}; pass a list or tuple such as concatenate((a, b)) "
+        "(materialize generators with list()).",
     )
 
 
@@ -58,13 +97,19 @@ def parse_axis(axis: object) -> int | None:
     if axis is None:
         return None
     if isinstance(axis, bool):
-        raise TypeError(f"concatenate: axis must be an integer or None, got the bool {axis}.")
+        raise numpy_error_with_fix(
+            TypeError,
+            "an integer is required for the axis",
+            f"concatenate got the bool {axis}; pass e.g. axis=1 (or axis=None to flatten).",
+        )
     try:
         return operator.index(axis)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"concatenate: axis must be an integer or None, got {axis!r} of type "
-            f"{type(axis).__name__}; pass e.g. axis=1 (or axis=None to flatten)."
+    except TypeError as not_an_index:
+        raise numpy_error_with_fix(
+            TypeError,
+            str(not_an_index),
+            f"The axis must be an integer or None, got {axis!r}; pass e.g. axis=1 "
+            "(or axis=None to flatten).",
         ) from None
 
 
@@ -72,34 +117,56 @@ def check_casting_rule(casting: object) -> str:
     """``casting`` itself, after checking it names one of numpy's rules (ValueError)."""
     if casting not in CASTING_RULES:
         choices = ", ".join(repr(rule) for rule in CASTING_RULES)
-        raise ValueError(f"concatenate: casting must be one of {choices}, got {casting!r}.")
+        raise numpy_error_with_fix(
+            ValueError,
+            f"casting must be one of {choices} (got {casting!r})",
+            "Pass one of these names; the default, 'same_kind', allows float64 -> float32 but "
+            "not float -> int.",
+        )
     return casting  # type: ignore[return-value]
 
 
 def reject_out_with_dtype(out: object, dtype: object) -> None:
     """TypeError, as numpy, when both ``out`` and ``dtype`` are given."""
     if out is not None and dtype is not None:
-        raise TypeError(
-            "concatenate: pass either `out` or `dtype`, not both: with `out` the result "
-            f"takes out's dtype ({getattr(out, 'dtype', '?')}); drop `dtype`, or drop `out`."
+        raise numpy_error_with_fix(
+            TypeError,
+            "concatenate() only takes `out` or `dtype` as an argument, but both were provided.",
+            f"With `out` the result takes out's dtype ({getattr(out, 'dtype', '?')}); "
+            "drop `dtype`, or drop `out`.",
         )
 
 
 def _normalize_axis(axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
-        raise AxisError(
-            f"concatenate: axis {axis} is out of bounds for arrays of {ndim} dimensions; "
-            f"use an axis in [{-ndim}, {ndim - 1}], or axis=None to flatten the arrays first."
+        raise numpy_error_with_fix(
+            AxisError,
+            f"axis {axis} is out of bounds for array of dimension {ndim}",
+            f"Use an axis in [{-ndim}, {ndim - 1}], or axis=None to flatten the arrays first.",
         )
     return axis % ndim
 
 
-def _size_mismatch_message(index: int, dim: int, size: int, expected: int, axis: int) -> str:
-    message = (
-        f"concatenate: array {index} has size {size} in dimension {dim} but array 0 has size "
-        f"{expected}; all dimensions except the concatenation axis ({axis}) must match."
+def _size_mismatch(
+    index: int, dim: int, size: int, expected: int, axis: int, ndim: int
+) -> Exception:
+    sentence = (
+        "all the input array dimensions except for the concatenation axis must match exactly, "
+        f"but along dimension {dim}, the array at index 0 has size {expected} and the array "
+        f"at index {index} has size {size}"
     )
-    return message
+    if ndim in _FEATURE_MAP_NDIMS and dim >= _FIRST_SPATIAL_DIM:
+        fix = (
+            f"Array {index} differs from array 0 in spatial dimension {dim} (the concatenation "
+            f"axis is {axis}); for (N, C, *spatial) feature maps crop or pad to a common size: "
+            "concatnets.center_crop_to(x, ref) or concatnets.pad_to(x, ref)."
+        )
+    else:
+        fix = (
+            f"Slice or pad array {index} to size {expected} in dimension {dim}, or "
+            f"concatenate along a different axis than {axis}."
+        )
+    return numpy_error_with_fix(ValueError, sentence, fix)
 
 
 def check_shapes(shapes: Sequence[Shape], axis: int | None) -> tuple[int | None, Shape]:
@@ -113,8 +180,10 @@ def check_shapes(shapes: Sequence[Shape], axis: int | None) -> tuple[int | None,
         The axis made non-negative (None stays None) and the shape of the result.
     """
     if not shapes:
-        raise ValueError(
-            "concatenate: need at least one array to concatenate, got an empty sequence."
+        raise numpy_error_with_fix(
+            ValueError,
+            "need at least one array to concatenate",
+            "concatenate got an empty sequence; pass a list or tuple of arrays.",
         )
     if axis is None:
         total = 0
@@ -127,37 +196,29 @@ def check_shapes(shapes: Sequence[Shape], axis: int | None) -> tuple[int | None,
     reference = shapes[0]
     ndim = len(reference)
     if ndim == 0:
-        raise ValueError(
-            "concatenate: array 0 is zero-dimensional (a scalar) and scalars have no axis to "
-            "concatenate along; give it one with x.reshape(1), or pass axis=None to flatten "
-            "every input."
+        raise numpy_error_with_fix(
+            ValueError,
+            "zero-dimensional arrays cannot be concatenated",
+            "Array 0 is a scalar, which has no axis to join along; give it one with "
+            "x.reshape(1), or pass axis=None to flatten every input.",
         )
     axis = _normalize_axis(axis, ndim)
     for index, shape in enumerate(shapes[1:], start=1):
         if len(shape) != ndim:
-            raise ValueError(
-                f"concatenate: array {index} has {len(shape)} dimensions but array 0 has "
-                f"{ndim}; all arrays must have the same number of dimensions. Add or remove "
-                "axes first (x[None], x.reshape(...), x.squeeze(...)), or pass axis=None to "
-                "flatten them."
+            raise numpy_error_with_fix(
+                ValueError,
+                "all the input arrays must have same number of dimensions, but the array at "
+                f"index 0 has {ndim} dimension(s) and the array at index {index} has "
+                f"{len(shape)} dimension(s)",
+                "Add or remove axes first (x[None], x.reshape(...), x.squeeze(...)), or pass "
+                "axis=None to flatten them.",
             )
         if shape[:axis] == reference[:axis] and shape[axis + 1 :] == reference[axis + 1 :]:
             continue  # the common case, checked without a Python loop over dimensions
         for dim, (size, expected) in enumerate(zip(shape, reference, strict=True)):
             if dim == axis or size == expected:
                 continue
-            message = _size_mismatch_message(index, dim, size, expected, axis)
-            if ndim in _FEATURE_MAP_NDIMS and dim >= _FIRST_SPATIAL_DIM:
-                message += (
-                    " For (N, C, *spatial) feature maps crop or pad to a common size: "
-                    "concatnets.center_crop_to(x, ref) or concatnets.pad_to(x, ref)."
-                )
-            else:
-                message += (
-                    f" Slice or pad array {index} to size {expected} in dimension {dim}, or "
-                    "concatenate along a different axis."
-                )
-            raise ValueError(message)
+            raise _size_mismatch(index, dim, size, expected, axis, ndim)
     result = list(reference)
     result[axis] = sum(shape[axis] for shape in shapes)
     return axis, tuple(result)
@@ -174,18 +235,26 @@ def check_out_shape(out_shape: Shape, result_shape: Shape, axis: int | None) -> 
     if out_shape == result_shape:
         return
     if axis is None:
-        raise ValueError(
-            f"concatenate: with axis=None the result is 1-D of size {result_shape[0]}, but "
-            f"`out` has shape {out_shape}; pass a 1-D `out` of that size (a flat view of a "
-            "contiguous buffer works: buf.reshape(-1))."
+        raise numpy_error_with_fix(
+            ValueError,
+            "Output array must be 1D" if len(out_shape) != 1 else "Output array is the wrong size",
+            f"With axis=None the result is 1-D of size {result_shape[0]}, but `out` has shape "
+            f"{out_shape}; pass a 1-D `out` of that size (a flat view of a contiguous buffer "
+            "works: buf.reshape(-1)).",
         )
-    raise ValueError(
-        f"concatenate: `out` has shape {out_shape} but the result has shape {result_shape}; "
-        f"`out` must have exactly the result's shape, e.g. allocate it with empty({result_shape})."
+    raise numpy_error_with_fix(
+        ValueError,
+        "Output array has wrong dimensionality"
+        if len(out_shape) != len(result_shape)
+        else "Output array is the wrong shape",
+        f"`out` has shape {out_shape} but the result has shape {result_shape}; `out` must "
+        f"have exactly the result's shape, e.g. allocate it with empty({result_shape}).",
     )
 
 
-def casting_error(index: int, source: str, target: str, casting: str) -> TypeError:
+def casting_error(
+    index: int, source: str, target: str, casting: str, *, scalar: bool = False
+) -> TypeError:
     """The TypeError numpy raises when an input may not be cast to the result's dtype.
 
     Args:
@@ -193,9 +262,13 @@ def casting_error(index: int, source: str, target: str, casting: str) -> TypeErr
         source: name of its dtype.
         target: name of the result's dtype.
         casting: the casting rule in force.
+        scalar: the input is zero-dimensional (numpy then says "scalar", not "array data").
     """
-    return TypeError(
-        f"concatenate: cannot cast array {index} from {source} to {target} under "
-        f"casting={casting!r}; pass casting='unsafe' to allow it, or choose a result dtype "
-        f"(dtype=... or an `out` of a dtype) that holds {source} values."
+    return numpy_error_with_fix(
+        TypeError,
+        f"Cannot cast {'scalar' if scalar else 'array data'} from dtype('{source}') to "
+        f"dtype('{target}') according to the rule {casting!r}",
+        f"Array {index} ({source}) may not become {target} under casting={casting!r}; pass "
+        "casting='unsafe' to allow it, or choose a result dtype (dtype=... or an `out` of a "
+        f"dtype) that holds {source} values.",
     )

@@ -9,11 +9,13 @@ import numpy as np
 import torch
 
 from concatnets.ops._checks import (
+    add_fix,
     as_array_list,
     casting_error,
     check_casting_rule,
     check_out_shape,
     check_shapes,
+    numpy_error_with_fix,
     parse_axis,
     reject_out_with_dtype,
 )
@@ -115,11 +117,11 @@ def _concatenate_numpy(
         return np.concatenate(items, axis=axis, out=out, dtype=dtype, casting=casting)
     except Exception as numpy_error:
         clearer = _diagnose_numpy(items, axis, out, dtype, casting)
-        # Only replace numpy's message when the diagnosis found the same problem class, so
-        # the exception type callers catch is always numpy's own.
+        # Only extend numpy's message when the diagnosis found the same problem class, so
+        # the exception type callers catch is always numpy's own, and its sentence comes first.
         if clearer is None or type(clearer) is not type(numpy_error):
             raise
-        raise clearer from None
+        raise add_fix(numpy_error, clearer) from None
 
 
 def _diagnose_numpy(
@@ -128,9 +130,11 @@ def _diagnose_numpy(
     """Run our checks on what numpy refused and return the first problem, if we find one."""
     try:
         if out is not None and not isinstance(out, np.ndarray):
-            return TypeError(
-                f"concatenate: `out` must be a numpy.ndarray, got {type(out).__name__}; "
-                "allocate one with numpy.empty(shape, dtype)."
+            return numpy_error_with_fix(
+                TypeError,
+                "'out' must be an array",
+                f"concatenate got {type(out).__name__} as `out`; allocate one with "
+                "numpy.empty(shape, dtype).",
             )
         if dtype is not None:
             np.dtype(dtype)  # numpy reports a dtype it does not understand first
@@ -147,7 +151,9 @@ def _diagnose_numpy(
             target = np.result_type(*arrays)
         for index, array in enumerate(arrays):
             if not np.can_cast(array.dtype, target, casting):
-                return casting_error(index, str(array.dtype), str(target), casting)
+                return casting_error(
+                    index, str(array.dtype), str(target), casting, scalar=array.ndim == 0
+                )
     except (ValueError, TypeError) as problem:  # AxisError is a ValueError
         return problem
     except Exception:  # our checks must never hide numpy's own error
@@ -194,7 +200,13 @@ def _concatenate_tensors(
         target = result_type([tensor.dtype for tensor in tensors])
     for index, tensor in enumerate(tensors):
         if tensor.dtype != target and not can_cast(tensor.dtype, target, casting):
-            raise casting_error(index, dtype_name(tensor.dtype), dtype_name(target), casting)
+            raise casting_error(
+                index,
+                dtype_name(tensor.dtype),
+                dtype_name(target),
+                casting,
+                scalar=tensor.dim() == 0,
+            )
     if out is not None:
         return write_into(out, tensors, axis)
     converted = [tensor if tensor.dtype == target else tensor.to(target) for tensor in tensors]

@@ -72,7 +72,8 @@ class TrainConfig:
     mask_values: str | None = None  # e.g. "0:0,255:1"; None: auto (0/255 -> 0/1)
     size_policy: str | None = None  # resize, pad or crop; needed for mixed sizes
     patch_size: int | None = None  # target side for size_policy
-    normalization: str = "image"  # image: per-image standardization; unit: [0, 1]
+    normalization: str = "dataset"  # dataset: training split's channel stats; image; unit
+    normalization_statistics: dict[str, Any] | None = None  # dataset's; None: computed
     augment: str = "flip,rot90,elastic"  # comma list from flip, rot90, elastic; or none
     elastic_sigma: float = 10.0  # displacement std in px (U-Net paper: 10)
     elastic_probability: float = 0.5  # share of training samples deformed

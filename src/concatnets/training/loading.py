@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from concatnets.data.transforms import ChannelStatistics
 from concatnets.models import create_model
 from concatnets.training.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from concatnets.training.dimensions import model_spatial_dims
@@ -61,6 +62,19 @@ class TrainedModel:
     def normalization(self) -> str:
         """Input normalization used in training."""
         return str(self.metadata.get("normalization", "image"))
+
+    @property
+    def normalization_statistics(self) -> ChannelStatistics | None:
+        """The training split's channel statistics (``'dataset'`` normalization), else None."""
+        if self.normalization != "dataset":
+            return None
+        stored = self.metadata.get("normalization_statistics")
+        if stored is None:
+            raise CheckpointError(
+                f"{self.checkpoint} was trained with normalization 'dataset' but holds no "
+                "normalization_statistics; use a checkpoint written by `concatnets train`"
+            )
+        return ChannelStatistics.from_json(stored, str(self.checkpoint))
 
     @property
     def config(self) -> dict[str, Any]:

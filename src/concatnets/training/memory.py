@@ -6,7 +6,21 @@ import torch
 
 from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
 
-__all__ = ["format_bytes", "peak_memory_bytes", "reset_peak_memory"]
+__all__ = ["format_bytes", "peak_memory_bytes", "peak_memory_label", "reset_peak_memory"]
+
+
+def peak_memory_label(device: torch.device | str) -> str:
+    """What :func:`peak_memory_bytes` measures on ``device``, for the training log.
+
+    >>> peak_memory_label("cpu")
+    'process peak RSS'
+
+    Args:
+        device: The device training runs on.
+    """
+    if torch.device(device).type == "cuda":
+        return "peak CUDA allocated"
+    return "process peak RSS"  # the whole process: interpreter, PyTorch, data, model
 
 
 def peak_memory_bytes(device: torch.device | str) -> int:

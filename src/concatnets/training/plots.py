@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "class_palette",
     "middle_slice",
     "overlay_mask",
+    "panel_titles",
     "plot_confusion_matrix",
     "plot_learning_curves",
     "save_overlay_panel",
@@ -97,12 +98,16 @@ def save_overlay_panel(
     num_classes: int,
     target: np.ndarray | None = None,
     min_side: int = 256,
+    *,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Save ``[image | target overlay | prediction overlay]`` side by side as a PNG.
+    """Save ``[image | truth | prediction]`` side by side as a labelled PNG.
 
-    Small images are enlarged (nearest neighbour) so the panel is at least ``min_side``
-    pixels high. For volumes (a ``(D, H, W)`` prediction) the middle slice along depth
-    is shown.
+    Each part has its title written above it (``image``, ``truth``, ``prediction``; the
+    truth part is left out without ``target``) and a legend below gives every class's
+    colour (:func:`class_palette`, the one scheme of every overlay). Small images are
+    enlarged (nearest neighbour) so the parts are at least ``min_side`` pixels high.
+    For volumes (a ``(D, H, W)`` prediction) the middle slice along depth is shown.
 
     Args:
         path: Destination ``.png``.
@@ -111,7 +116,8 @@ def save_overlay_panel(
         num_classes: Number of classes.
         target: True classes shaped like ``prediction``, or ``None`` (the panel then has
             two parts).
-        min_side: Smallest height of the saved panel.
+        min_side: Smallest height of the image parts.
+        class_names: Name of each class for the legend (default ``class 0``, ...).
     """
     if prediction.ndim == 3:
         image, prediction, target = middle_slice(image, prediction, target)
@@ -120,18 +126,100 @@ def save_overlay_panel(
     if target is not None:
         parts.append(overlay_mask(image, target, num_classes))
     parts.append(overlay_mask(image, prediction, num_classes))
-    gap = np.full((height, max(2, width // 64), 3), 255, dtype=np.uint8)
+    gap_width = max(2, width // 64)
+    gap = np.full((height, gap_width, 3), 255, dtype=np.uint8)
     panel = np.concatenate([p for part in parts for p in (part, gap)][:-1], axis=1)
     picture = Image.fromarray(panel)
+    factor = 1
     if height < min_side:
         factor = int(np.ceil(min_side / height))
         picture = picture.resize(
             (panel.shape[1] * factor, height * factor), Image.Resampling.NEAREST
         )
+    names = list(class_names) if class_names is not None else []
+    names += [f"class {index}" for index in range(len(names), num_classes)]
+    labelled = _label(picture, panel_titles(target is not None), width * factor, gap_width * factor)
+    labelled = _add_legend(labelled, names[:num_classes])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    labelled.save(path)
     return path
+
+
+def panel_titles(with_truth: bool) -> tuple[str, ...]:
+    """Titles of an overlay panel's parts, left to right."""
+    return ("image", "truth", "prediction") if with_truth else ("image", "prediction")
+
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one small bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(font: Any, text: str) -> tuple[int, int]:
+    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox(
+        (0, 0), text, font=font
+    )
+    return right - left, bottom - top
+
+
+def _font_size(picture: Image.Image) -> int:
+    return int(np.clip(picture.height // 16, 12, 48))
+
+
+def _label(picture: Image.Image, titles: Sequence[str], part: int, gap: int) -> Image.Image:
+    """``picture`` with a white strip above it holding each part's centred title."""
+    font = _font(_font_size(picture))
+    strip = int(_text_size(font, "Ag")[1] * 2) + 4
+    labelled = Image.new("RGB", (picture.width, picture.height + strip), (255, 255, 255))
+    labelled.paste(picture, (0, strip))
+    draw = ImageDraw.Draw(labelled)
+    for index, title in enumerate(titles):
+        text_width, text_height = _text_size(font, title)
+        left = index * (part + gap) + max(0, (part - text_width) // 2)
+        draw.text((left, (strip - text_height) // 2), title, fill=(0, 0, 0), font=font)
+    return labelled
+
+
+def _add_legend(picture: Image.Image, names: Sequence[str]) -> Image.Image:
+    """``picture`` with rows of ``[colour] name`` below it; class 0 stays uncoloured."""
+    font = _font(max(12, _font_size(picture) * 3 // 4))
+    line = int(_text_size(font, "Ag")[1] * 1.8) + 4
+    palette = class_palette(len(names))
+    entries = [
+        (f"{name} (no colour)" if index == 0 else name, None if index == 0 else palette[index])
+        for index, name in enumerate(names)
+    ]
+    margin = line // 2
+    rows: list[list[tuple[str, Any, int]]] = [[]]
+    x = margin
+    for text, colour in entries:
+        entry_width = (line if colour is not None else 0) + _text_size(font, text)[0] + line
+        if rows[-1] and x + entry_width > picture.width:
+            rows.append([])
+            x = margin
+        rows[-1].append((text, colour, x))
+        x += entry_width
+    legend = Image.new("RGB", (picture.width, picture.height + line * len(rows)), (255, 255, 255))
+    legend.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(legend)
+    for row_index, row in enumerate(rows):
+        top = picture.height + row_index * line
+        for text, colour, left in row:
+            if colour is not None:
+                box = line * 2 // 3
+                offset = (line - box) // 2
+                draw.rectangle(
+                    (left, top + offset, left + box, top + offset + box),
+                    fill=tuple(int(c) for c in colour),
+                    outline=(0, 0, 0),
+                )
+                left += line
+            text_height = _text_size(font, text)[1]
+            draw.text((left, top + (line - text_height) // 2), text, fill=(0, 0, 0), font=font)
+    return legend
 
 
 def middle_slice(

@@ -27,12 +27,18 @@ from typing import Any
 
 import torch
 
-from concatnets.data.datasets import LabelledDataset, resolve_size_policy
+from concatnets.data.datasets import LabelledDataset, channel_statistics, resolve_size_policy
 from concatnets.data.masks import parse_mask_values
 from concatnets.data.notices import notice
 from concatnets.data.sources import LabelledData, describe_dims, open_labelled_data
-from concatnets.data.split import split_indices
-from concatnets.data.transforms import NORMALIZATIONS, Augment, SizePolicy, parse_augmentations
+from concatnets.data.split import small_validation_message, split_indices
+from concatnets.data.transforms import (
+    NORMALIZATIONS,
+    Augment,
+    ChannelStatistics,
+    SizePolicy,
+    parse_augmentations,
+)
 from concatnets.models import create_model, get_model_spec
 from concatnets.training.border_weights import unet_weight_map
 from concatnets.training.checkpoint import (
@@ -107,6 +113,7 @@ class PreparedData:
         val_set: Validation samples (may be empty).
         size_policy: How samples are brought to one size, or ``None``.
         loss: The resolved loss name.
+        statistics: Channel statistics of ``--normalization dataset``, else ``None``.
     """
 
     data: LabelledData
@@ -114,6 +121,7 @@ class PreparedData:
     val_set: LabelledDataset
     size_policy: SizePolicy | None
     loss: str
+    statistics: ChannelStatistics | None = None
 
     def summary(self) -> str:
         """One line: source, sizes, channels, classes and split."""
@@ -127,6 +135,7 @@ class PreparedData:
             f"data: {data.address}, {samples}, {channels}, "
             f"{data.num_classes} classes ({', '.join(data.class_names)}); "
             f"train {len(self.train_set)} / val {len(self.val_set)}"
+            + (f"; normalization {self.statistics.describe()}" if self.statistics else "")
         )
 
 
@@ -232,6 +241,15 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
         train_indices, val_indices = split_indices(
             len(data), config.val_fraction, config.seed, labels=data.labels
         )
+    small = small_validation_message(
+        len(val_indices),
+        len(data),
+        config.val_fraction,
+        val_folder=config.val_data,
+        kind="volume" if data.spatial_dims == 3 else "image",
+    )
+    if small:
+        notice(small)
     loss = config.loss
     if loss == "auto":
         loss = "ce_dice" if task == "segmentation" else "ce"
@@ -251,15 +269,34 @@ def prepare_data(config: TrainConfig, task: str) -> PreparedData:
         if names
         else None
     )
+    statistics = _normalization_statistics(config, data, train_indices)
     common: dict[str, Any] = dict(
         size_policy=policy,
         normalization=config.normalization,
+        statistics=statistics,
         seed=config.seed,
         weight_map=weight_map,
     )
     train_set = LabelledDataset(data, train_indices, augment=augment, train=True, **common)
     val_set = LabelledDataset(val_data, val_indices, train=False, **common)
-    return PreparedData(data, train_set, val_set, policy, loss)
+    return PreparedData(data, train_set, val_set, policy, loss, statistics)
+
+
+def _normalization_statistics(
+    config: TrainConfig, data: LabelledData, train_indices: list[int]
+) -> ChannelStatistics | None:
+    """The saved statistics (a resumed run keeps its own), else computed from the split."""
+    if config.normalization != "dataset":
+        return None
+    if config.normalization_statistics is None:
+        return channel_statistics(data, train_indices)
+    saved = ChannelStatistics.from_json(config.normalization_statistics, "normalization_statistics")
+    if len(saved.mean) != data.in_channels:
+        raise ValueError(
+            f"normalization_statistics hold {len(saved.mean)} channel(s) but the images in "
+            f"{data.address} have {data.in_channels}; remove the setting to compute it again"
+        )
+    return saved
 
 
 def _check_classes_consecutive(text: str, mapping: dict[int, int]) -> None:
@@ -585,7 +622,13 @@ def _train_in_folder(
         workers = config.workers
         if workers is None:
             workers = 4 if ctx.device.type == "cuda" else 0
-        config = replace(config, output=str(run_dir), workers=workers)
+        statistics = prepared.statistics
+        config = replace(
+            config,
+            output=str(run_dir),
+            workers=workers,
+            normalization_statistics=statistics.to_json() if statistics else None,
+        )
         data = prepared.data
         kwargs = model_kwargs_for(config, data)
         _check_sync_batchnorm(config, kwargs)
@@ -614,6 +657,7 @@ def _train_in_folder(
             "class_names": list(data.class_names),
             "in_channels": data.in_channels,
             "normalization": config.normalization,
+            "normalization_statistics": config.normalization_statistics,
             "mask_values": data.value_map.to_json() if data.value_map is not None else None,
             "size_policy": (
                 {"mode": prepared.size_policy.mode, "size": list(prepared.size_policy.size)}

@@ -51,7 +51,12 @@ from concatnets.training.evaluation import autocast, evaluate_model, to_device
 from concatnets.training.interrupt import StopRequest, TrainingInterrupted
 from concatnets.training.logging import MetricsLogger
 from concatnets.training.losses import LossFn, crop_to_output
-from concatnets.training.memory import format_bytes, peak_memory_bytes, reset_peak_memory
+from concatnets.training.memory import (
+    format_bytes,
+    peak_memory_bytes,
+    peak_memory_label,
+    reset_peak_memory,
+)
 from concatnets.training.metrics import MetricAccumulator, primary_metric
 from concatnets.training.optim import advance_schedule
 from concatnets.training.plots import plot_learning_curves, save_overlay_panel
@@ -650,7 +655,8 @@ class Trainer:
                 bar.set_postfix_str(
                     f"loss {sums['loss_sum'] / sums['images']:.4f} "
                     f"{self.monitor} {accumulator.compute()[self.monitor]:.3f} "
-                    f"{speed:.1f} img/s peak {format_bytes(peak_memory_bytes(self.device))}",
+                    f"{speed:.1f} img/s {peak_memory_label(self.device)} "
+                    f"{format_bytes(peak_memory_bytes(self.device))}",
                     refresh=False,
                 )
         bar.close()
@@ -760,7 +766,7 @@ class Trainer:
                     record, ["val_loss", f"val_{self.monitor}", "val_iou"]
                 ).replace("val_", "")
             line += (
-                f"  |  {record['images_per_s']:.1f} img/s, peak "
+                f"  |  {record['images_per_s']:.1f} img/s, {peak_memory_label(self.device)} "
                 f"{format_bytes(record['peak_memory_mb'] * 2**20)}"
                 + ("  *best*" if improved else "")
             )
@@ -816,6 +822,7 @@ class Trainer:
                         prediction,
                         len(self.class_names),
                         target=np.where(target < 0, 0, target),
+                        class_names=self.class_names,
                     )
                 )
         finally:
