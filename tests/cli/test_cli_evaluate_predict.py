@@ -127,3 +127,27 @@ def test_predict_missing_input_is_a_clear_error(segmentation_run, tmp_path, caps
     code = main(["predict", str(segmentation_run), str(tmp_path / "nope.png")])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_an_image_above_the_pixel_limit_is_a_one_line_error(
+    segmentation_run, tmp_path, monkeypatch, capsys, command
+):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    images, masks = make_cells(2, 32, seed=1)
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        Image.fromarray(image).save(data / "images" / f"{index}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(data / "masks" / f"{index}.png")
+    monkeypatch.setenv("CONCATNETS_MAX_IMAGE_PIXELS", "1000")  # 32 x 32 = 1024 pixels
+    args = {
+        "train": ["train", "--model", "unet_small", "--data", str(data), "--output", "r"],
+        "evaluate": ["evaluate", str(segmentation_run), "--data", str(data)],
+        "predict": ["predict", str(segmentation_run), str(data), "--output", str(tmp_path / "p")],
+    }[command]
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "0.png: 32 x 32 = 1,024 pixels" in err[-1]
+    assert "CONCATNETS_MAX_IMAGE_PIXELS=1024" in err[-1] and "Traceback" not in "\n".join(err)
