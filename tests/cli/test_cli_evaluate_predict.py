@@ -76,8 +76,8 @@ def test_predict_folder_with_a_large_image_goes_through_tiling(segmentation_run,
     assert "1 large image(s) tiled at 64 px" in capsys.readouterr().out
     large_mask = read_mask(output / "masks" / "large.png")
     assert large_mask.shape == (150, 150)
-    assert set(np.unique(large_mask)) <= {0, 1}
-    assert np.array_equal(np.load(output / "masks" / "large.npy"), large_mask)
+    assert set(np.unique(large_mask)) <= {0, 255}  # viewable by default
+    assert np.array_equal(np.load(output / "masks" / "large.npy") * 255, large_mask)
     assert read_mask(output / "masks" / "small.png").shape == (32, 32)
     assert sorted(p.name for p in (output / "overlays").iterdir()) == ["large.png", "small.png"]
 
@@ -151,3 +151,22 @@ def test_an_image_above_the_pixel_limit_is_a_one_line_error(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "0.png: 32 x 32 = 1,024 pixels" in err[-1]
     assert "CONCATNETS_MAX_IMAGE_PIXELS=1024" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_predict_writes_viewable_png_masks_and_class_indices_on_request(
+    segmentation_run, tmp_path, capsys
+):
+    image, _ = make_cells(1, 32, seed=3)
+    Image.fromarray(image[0]).save(tmp_path / "cells.png")
+    common = ["--format", "png,npy", "--no-overlay", "--device", "cpu", "--no-progress"]
+    for flag in ([], ["--class-indices"]):
+        output = tmp_path / ("indices" if flag else "viewable")
+        args = ["predict", str(segmentation_run), str(tmp_path / "cells.png")]
+        assert main([*args, "--output", str(output), *common, *flag]) == 0
+    out = capsys.readouterr().out
+    assert "mask PNGs hold 0=border, 255=cell (--class-indices for 0, 1, ...)" in out
+    assert "mask PNGs hold 0=border, 1=cell\n" in out
+    classes = np.load(tmp_path / "viewable" / "masks" / "cells.npy")
+    assert np.array_equal(np.load(tmp_path / "indices" / "masks" / "cells.npy"), classes)
+    assert np.array_equal(read_mask(tmp_path / "viewable" / "masks" / "cells.png"), classes * 255)
+    assert np.array_equal(read_mask(tmp_path / "indices" / "masks" / "cells.png"), classes)

@@ -18,6 +18,11 @@ from concatnets.data.datasets import load_input_tensor
 from concatnets.data.folders import find_input_images
 from concatnets.data.io import probe_image, read_image, to_float_image, write_mask_png
 from concatnets.data.notices import notice
+from concatnets.inference.mask_encoding import (
+    class_value_table,
+    describe_table,
+    stored_value_table,
+)
 from concatnets.training.dimensions import dims_mismatch_message
 from concatnets.training.loading import TrainedModel, load_trained_model
 from concatnets.training.plots import save_overlay_panel
@@ -108,18 +113,6 @@ def predict_logits(
     return logits[0]
 
 
-def _stored_values(trained: TrainedModel) -> np.ndarray | None:
-    """Class -> smallest stored mask value mapping to it, from the training run's map."""
-    saved = trained.metadata.get("mask_values")
-    if not saved:
-        return None
-    table = np.arange(len(trained.class_names), dtype=np.int64)
-    for stored, klass in sorted(((int(k), int(v)) for k, v in saved.items()), reverse=True):
-        if klass < len(table):
-            table[klass] = stored
-    return table
-
-
 def _unique_stems(files: list[Path]) -> list[str]:
     seen: set[str] = set()
     stems = []
@@ -148,13 +141,39 @@ def _check_dimensions(trained: TrainedModel, files: list[Path]) -> None:
             )
 
 
-def _write_mask(output: Path, stem: str, mask: np.ndarray, formats: tuple[str, ...]) -> None:
-    """Write ``masks/<stem>.png`` and/or ``.npy``; volumes are always ``.npy``."""
+def _write_mask(
+    output: Path,
+    stem: str,
+    mask: np.ndarray,
+    formats: tuple[str, ...],
+    tables: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Write ``masks/<stem>.png`` and/or ``.npy``; volumes are always ``.npy``.
+
+    ``tables`` give the value of each class in the PNG and in the ``.npy``.
+    """
     (output / "masks").mkdir(exist_ok=True)
+    png_table, npy_table = tables
     if "png" in formats and mask.ndim == 2:
-        write_mask_png(output / "masks" / f"{stem}.png", mask)
+        write_mask_png(output / "masks" / f"{stem}.png", png_table[mask])
     if "npy" in formats or mask.ndim == 3:
-        np.save(output / "masks" / f"{stem}.npy", mask.astype(np.int64))
+        np.save(output / "masks" / f"{stem}.npy", npy_table[mask].astype(np.int64))
+
+
+def _mask_tables(
+    trained: TrainedModel, args: argparse.Namespace
+) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """Class -> value tables for PNG and ``.npy`` masks, and a line saying what PNGs hold."""
+    classes = len(trained.class_names)
+    stored = stored_value_table(trained.metadata.get("mask_values"), classes)
+    if args.original_values and stored is None:
+        notice("the model's training masks were class indices already; writing class indices")
+    encoding = (
+        "original" if args.original_values else "indices" if args.class_indices else "viewable"
+    )
+    png = class_value_table(classes, stored, encoding)
+    npy = class_value_table(classes, stored, "original" if args.original_values else "indices")
+    return (png, npy), describe_table(png, trained.class_names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,9 +191,7 @@ def run(args: argparse.Namespace) -> int:
         notice("volume masks are written as .npy (D, H, W) arrays: PNG holds 2-D images only")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    stored = _stored_values(trained) if args.original_values else None
-    if args.original_values and stored is None:
-        notice("the model's training masks were class indices already; writing class indices")
+    tables, png_values = _mask_tables(trained, args)
     rows = []
     tiled = 0
     for path, stem in tqdm(
@@ -197,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         tiled += max(image.shape[: trained.spatial_dims]) > tile_size
         mask = logits.argmax(0).numpy()
-        _write_mask(output, stem, mask if stored is None else stored[mask], formats)
+        _write_mask(output, stem, mask, formats, tables)
         if args.overlay:
             shown = to_float_image(image, 3) if volumes else image
             save_overlay_panel(
@@ -215,6 +232,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {output / 'predictions.csv'} ({len(rows)} images)")
         return 0
     written = ("npy",) if volumes else formats
+    if "png" in written:
+        print(
+            f"mask PNGs hold {png_values}"
+            + ("" if args.class_indices else " (--class-indices for 0, 1, ...)")
+        )
     overlays = "overlays/ (middle slices)" if volumes else "overlays/"
     parts = [f"masks/ ({', '.join(written)})"] + ([overlays] if args.overlay else [])
     kind = "volume" if volumes else "image"
@@ -232,8 +254,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=describe(
             """
             Run a trained model on an image or a folder of images (PNG, JPEG, TIFF, NPY).
-            Segmentation writes masks/<name>.png (class indices; --format npy for NumPy)
-            and overlays/<name>.png; images larger than --tile-size on a side are
+            Segmentation writes masks/<name>.png (viewable: the training masks' values
+            such as 0/255 where the run knows them, else classes spread over 0..255;
+            --class-indices for 0, 1, ...), masks/<name>.npy with --format npy (class
+            indices) and overlays/<name>.png; images larger than --tile-size on a side are
             predicted tile by tile (overlap-tile, blended), so any size fits in memory.
             Classification writes predictions.csv. A 3-D model (e.g. unet3d) takes .npy
             volumes (D, H, W) or (D, H, W, C) and writes masks/<name>.npy (D, H, W)
@@ -263,11 +287,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=True,
         help="write overlay PNGs (default: on)",
     )
-    parser.add_argument(
+    values = parser.add_mutually_exclusive_group()
+    values.add_argument(
+        "--class-indices",
+        action="store_true",
+        help="PNG masks hold class indices 0, 1, ... (default: viewable values, e.g. 0/255)",
+    )
+    values.add_argument(
         "--original-values",
         action="store_true",
-        help="write masks with the stored values of the training masks (e.g. 0/255) "
-        "instead of class indices",
+        help="PNG and .npy masks hold the stored values of the training masks (e.g. 0/255) "
+        "whatever they are",
     )
     parser.add_argument(
         "--tile-size",
