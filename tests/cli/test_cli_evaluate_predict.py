@@ -170,3 +170,28 @@ def test_predict_writes_viewable_png_masks_and_class_indices_on_request(
     assert np.array_equal(np.load(tmp_path / "indices" / "masks" / "cells.npy"), classes)
     assert np.array_equal(read_mask(tmp_path / "viewable" / "masks" / "cells.png"), classes * 255)
     assert np.array_equal(read_mask(tmp_path / "indices" / "masks" / "cells.png"), classes)
+
+
+def _labelled_rgb_folder(root, count=2):
+    images, masks = make_cells(count, 32, seed=6)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        Image.fromarray(image).convert("RGB").save(root / "images" / f"{index}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{index}.png")
+    return root
+
+
+def test_colour_images_for_a_grayscale_model_are_converted_with_one_notice(
+    segmentation_run, tmp_path, capsys
+):
+    data = _labelled_rgb_folder(tmp_path / "rgb")
+    args = ["predict", str(segmentation_run), str(data), "--output", str(tmp_path / "p")]
+    assert main([*args, "--no-overlay", "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("notice: all image(s) are colour but the model takes 1 channel") == 1
+    assert "grayscale (ITU-R 601 luma)" in err
+    args = ["evaluate", str(segmentation_run), "--data", str(data), "--output", str(tmp_path / "e")]
+    assert main([*args, "--device", "cpu", "--no-progress", "--overlays", "1"]) == 0
+    assert "are colour but the model takes 1 channel" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["num_samples"] == 2

@@ -17,7 +17,7 @@ from concatnets.cli.common import HelpFormatter, describe, epilog, resolve_devic
 from concatnets.data.datasets import load_input_tensor
 from concatnets.data.folders import find_input_images
 from concatnets.data.io import probe_image, read_image, to_float_image, write_mask_png
-from concatnets.data.notices import notice
+from concatnets.data.notices import channel_conversion_notice, notice
 from concatnets.inference.mask_encoding import (
     class_value_table,
     describe_table,
@@ -131,14 +131,19 @@ def _parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def _check_dimensions(trained: TrainedModel, files: list[Path]) -> None:
-    """Refuse inputs of another dimensionality than the model before predicting any."""
-    for path in files:
-        dims = probe_image(path).spatial_dims
-        if dims != trained.spatial_dims:
+def _check_inputs(trained: TrainedModel, files: list[Path]) -> None:
+    """Refuse inputs of another dimensionality than the model before predicting any, and
+    say once when images are converted to the model's channel count."""
+    infos = [probe_image(path) for path in files]
+    for path, info in zip(files, infos, strict=True):
+        if info.spatial_dims != trained.spatial_dims:
             raise ValueError(
-                dims_mismatch_message(trained.architecture, trained.spatial_dims, str(path), dims)
+                dims_mismatch_message(
+                    trained.architecture, trained.spatial_dims, str(path), info.spatial_dims
+                )
             )
+    if trained.spatial_dims == 2:
+        channel_conversion_notice([info.channels for info in infos], trained.in_channels)
 
 
 def _write_mask(
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     trained = load_trained_model(args.run, device, which=args.which)
     files = find_input_images(Path(args.input))
-    _check_dimensions(trained, files)
+    _check_inputs(trained, files)
     volumes = trained.spatial_dims == 3
     tile_size = args.tile_size or _DEFAULT_TILE_SIZE[trained.spatial_dims]
     if volumes and "png" in formats and trained.task == "segmentation":
