@@ -195,3 +195,54 @@ def test_colour_images_for_a_grayscale_model_are_converted_with_one_notice(
     assert main([*args, "--device", "cpu", "--no-progress", "--overlays", "1"]) == 0
     assert "are colour but the model takes 1 channel" in capsys.readouterr().err
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["num_samples"] == 2
+
+
+@pytest.fixture(scope="module")
+def class_tree_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    images, labels = make_shapes(9, 16, seed=2)
+    names = ["circle", "square", "triangle"]
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (root / "tree" / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "tree" / names[label] / f"{index}.png")
+    args = ["train", "--model", "densenet_bc", "--model-arg", "depth=10"]
+    args += ["--model-arg", "growth_rate=4", "--data", str(root / "tree"), *FAST]
+    assert main([*args, "--epochs", "2", "--output", str(root / "run")]) == 0
+    return root / "tree", root / "run"
+
+
+def test_classification_predict_takes_a_class_folder_tree(class_tree_run, tmp_path, capsys):
+    tree, run = class_tree_run
+    output = tmp_path / "out"
+    assert main(["predict", str(run), str(tree), "--output", str(output), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "holds class folders (circle, square, triangle): predicting every image" in err
+    assert f"concatnets evaluate {run} --data {tree}" in err
+    rows = list(csv.DictReader((output / "predictions.csv").open()))
+    assert sorted(row["file"] for row in rows) == sorted(str(p) for p in tree.rglob("*.png"))
+
+
+def test_predicted_probabilities_are_the_softmax_of_the_model_as_trained(class_tree_run, tmp_path):
+    """The mean -log p(true class) over the validation split equals the run's val loss."""
+    from pathlib import Path
+
+    from concatnets.data.sources import open_labelled_data
+    from concatnets.data.split import split_indices
+
+    tree, run = class_tree_run
+    output = tmp_path / "out"
+    assert main(["predict", str(run), str(tree), "--output", str(output), "--device", "cpu"]) == 0
+    rows = list(csv.DictReader((output / "predictions.csv").open()))
+    by_name = {Path(r["file"]).relative_to(tree).with_suffix("").as_posix(): r for r in rows}
+    for row in rows:
+        probabilities = [float(row[f"p_{n}"]) for n in ("circle", "square", "triangle")]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert float(row["probability"]) == max(probabilities)
+    best = json.loads((run / "best.json").read_text())["metadata"]
+    data = open_labelled_data(str(tree), task="classification")
+    config = best["config"]
+    _, val = split_indices(len(data), config["val_fraction"], config["seed"], labels=data.labels)
+    losses = [
+        -np.log(float(by_name[data.names[i]][f"p_{data.class_names[data.labels[i]]}"])) for i in val
+    ]
+    assert np.mean(losses) == pytest.approx(best["metrics"]["val_loss"], rel=1e-4)

@@ -16,7 +16,13 @@ from tqdm import tqdm
 from concatnets.cli.common import HelpFormatter, describe, epilog, resolve_device
 from concatnets.data.datasets import load_input_tensor
 from concatnets.data.folders import find_input_images
-from concatnets.data.io import probe_image, read_image, to_float_image, write_mask_png
+from concatnets.data.io import (
+    is_image_file,
+    probe_image,
+    read_image,
+    to_float_image,
+    write_mask_png,
+)
 from concatnets.data.notices import channel_conversion_notice, notice
 from concatnets.inference.mask_encoding import (
     class_value_table,
@@ -131,6 +137,36 @@ def _parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """Every supported image in ``folder``'s sub-folders, at any depth, hidden ones skipped."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if not hidden and is_image_file(path):
+            found.append(path)
+    return found
+
+
+def _find_inputs(path: Path, trained: TrainedModel, run: str) -> list[Path]:
+    """The images to predict: ``path``, the images in it, or (classification) every image
+    in its sub-folders, e.g. a class-folder tree, whose labels ``evaluate`` can score."""
+    direct = path.is_dir() and not (path / "images").is_dir()
+    if trained.task != "classification" or not direct or any(map(is_image_file, path.iterdir())):
+        return find_input_images(path)
+    files = _images_under(path)
+    if not files:
+        return find_input_images(path)  # its error names the folder and the file types
+    folders = sorted({f.relative_to(path).parts[0] for f in files})
+    known = [name for name in folders if name in trained.class_names]
+    if known:
+        notice(
+            f"{path} holds class folders ({', '.join(known)}): predicting every image under "
+            f"it; to score the predictions against these labels run "
+            f"`concatnets evaluate {run} --data {path}`"
+        )
+    return files
+
+
 def _check_inputs(trained: TrainedModel, files: list[Path]) -> None:
     """Refuse inputs of another dimensionality than the model before predicting any, and
     say once when images are converted to the model's channel count."""
@@ -188,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile-size {args.tile_size} is too small; use at least 16")
     device = resolve_device(args.device)
     trained = load_trained_model(args.run, device, which=args.which)
-    files = find_input_images(Path(args.input))
+    files = _find_inputs(Path(args.input), trained, args.run)
     _check_inputs(trained, files)
     volumes = trained.spatial_dims == 3
     tile_size = args.tile_size or _DEFAULT_TILE_SIZE[trained.spatial_dims]
@@ -197,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     tables, png_values = _mask_tables(trained, args)
-    rows = []
+    rows: list[tuple[str, int, list[float]]] = []  # file, best class, probabilities
     tiled = 0
     for path, stem in tqdm(
         list(zip(files, _unique_stems(files), strict=True)),
@@ -213,9 +249,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         )
         if trained.task == "classification":
-            probabilities = logits.softmax(0)
-            best = int(probabilities.argmax())
-            rows.append((str(path), trained.class_names[best], float(probabilities[best])))
+            probabilities = logits.softmax(0).tolist()
+            best = max(range(len(probabilities)), key=probabilities.__getitem__)
+            rows.append((str(path), best, probabilities))
             continue
         tiled += max(image.shape[: trained.spatial_dims]) > tile_size
         mask = logits.argmax(0).numpy()
@@ -228,10 +264,13 @@ def run(args: argparse.Namespace) -> int:
     if trained.task == "classification":
         with (output / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["file", "class", "probability"])
-            writer.writerows(rows)
-        for file, name, probability in rows[:10]:
-            print(f"{file}: {name} ({probability:.3f})")
+            names = trained.class_names
+            writer.writerow(["file", "class", "probability", *(f"p_{n}" for n in names)])
+            for file, best, probabilities in rows:
+                shown = [f"{p:.6g}" for p in probabilities]
+                writer.writerow([file, names[best], shown[best], *shown])
+        for file, best, probabilities in rows[:10]:
+            print(f"{file}: {trained.class_names[best]} ({probabilities[best]:.3f})")
         if len(rows) > 10:
             print(f"... {len(rows) - 10} more")
         print(f"wrote {output / 'predictions.csv'} ({len(rows)} images)")
@@ -264,9 +303,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             --class-indices for 0, 1, ...), masks/<name>.npy with --format npy (class
             indices) and overlays/<name>.png; images larger than --tile-size on a side are
             predicted tile by tile (overlap-tile, blended), so any size fits in memory.
-            Classification writes predictions.csv. A 3-D model (e.g. unet3d) takes .npy
-            volumes (D, H, W) or (D, H, W, C) and writes masks/<name>.npy (D, H, W)
-            and an overlay of the middle slice.
+            Classification takes an image, a folder of images or a class-folder tree
+            and writes predictions.csv: file, predicted class, its probability and one
+            p_<class> column per class (softmax of the model as trained). A 3-D model
+            (e.g. unet3d) takes .npy volumes (D, H, W) or (D, H, W, C) and writes
+            masks/<name>.npy (D, H, W) and an overlay of the middle slice.
             """
         ),
         formatter_class=HelpFormatter,
@@ -276,6 +317,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "concatnets predict runs/my-run/best.json big_slide.tif --tile-size 256",
             "concatnets predict runs/my-run images/ --original-values   # e.g. 0/255 masks",
             "concatnets predict runs/my-unet3d-run volumes/ --tile-size 64   # .npy volumes",
+            "concatnets predict runs/my-densenet-run my_classes/   # every image in the tree",
         ),
     )
     parser.add_argument("run", metavar="RUN", help="run folder or checkpoint .json")
