@@ -76,8 +76,8 @@ def test_predict_folder_with_a_large_image_goes_through_tiling(segmentation_run,
     assert "1 large image(s) tiled at 64 px" in capsys.readouterr().out
     large_mask = read_mask(output / "masks" / "large.png")
     assert large_mask.shape == (150, 150)
-    assert set(np.unique(large_mask)) <= {0, 1}
-    assert np.array_equal(np.load(output / "masks" / "large.npy"), large_mask)
+    assert set(np.unique(large_mask)) <= {0, 255}  # viewable by default
+    assert np.array_equal(np.load(output / "masks" / "large.npy") * 255, large_mask)
     assert read_mask(output / "masks" / "small.png").shape == (32, 32)
     assert sorted(p.name for p in (output / "overlays").iterdir()) == ["large.png", "small.png"]
 
@@ -127,3 +127,122 @@ def test_predict_missing_input_is_a_clear_error(segmentation_run, tmp_path, caps
     code = main(["predict", str(segmentation_run), str(tmp_path / "nope.png")])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_an_image_above_the_pixel_limit_is_a_one_line_error(
+    segmentation_run, tmp_path, monkeypatch, capsys, command
+):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    images, masks = make_cells(2, 32, seed=1)
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        Image.fromarray(image).save(data / "images" / f"{index}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(data / "masks" / f"{index}.png")
+    monkeypatch.setenv("CONCATNETS_MAX_IMAGE_PIXELS", "1000")  # 32 x 32 = 1024 pixels
+    args = {
+        "train": ["train", "--model", "unet_small", "--data", str(data), "--output", "r"],
+        "evaluate": ["evaluate", str(segmentation_run), "--data", str(data)],
+        "predict": ["predict", str(segmentation_run), str(data), "--output", str(tmp_path / "p")],
+    }[command]
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "0.png: 32 x 32 = 1,024 pixels" in err[-1]
+    assert "CONCATNETS_MAX_IMAGE_PIXELS=1024" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_predict_writes_viewable_png_masks_and_class_indices_on_request(
+    segmentation_run, tmp_path, capsys
+):
+    image, _ = make_cells(1, 32, seed=3)
+    Image.fromarray(image[0]).save(tmp_path / "cells.png")
+    common = ["--format", "png,npy", "--no-overlay", "--device", "cpu", "--no-progress"]
+    for flag in ([], ["--class-indices"]):
+        output = tmp_path / ("indices" if flag else "viewable")
+        args = ["predict", str(segmentation_run), str(tmp_path / "cells.png")]
+        assert main([*args, "--output", str(output), *common, *flag]) == 0
+    out = capsys.readouterr().out
+    assert "mask PNGs hold 0=border, 255=cell (--class-indices for 0, 1, ...)" in out
+    assert "mask PNGs hold 0=border, 1=cell\n" in out
+    classes = np.load(tmp_path / "viewable" / "masks" / "cells.npy")
+    assert np.array_equal(np.load(tmp_path / "indices" / "masks" / "cells.npy"), classes)
+    assert np.array_equal(read_mask(tmp_path / "viewable" / "masks" / "cells.png"), classes * 255)
+    assert np.array_equal(read_mask(tmp_path / "indices" / "masks" / "cells.png"), classes)
+
+
+def _labelled_rgb_folder(root, count=2):
+    images, masks = make_cells(count, 32, seed=6)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        Image.fromarray(image).convert("RGB").save(root / "images" / f"{index}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{index}.png")
+    return root
+
+
+def test_colour_images_for_a_grayscale_model_are_converted_with_one_notice(
+    segmentation_run, tmp_path, capsys
+):
+    data = _labelled_rgb_folder(tmp_path / "rgb")
+    args = ["predict", str(segmentation_run), str(data), "--output", str(tmp_path / "p")]
+    assert main([*args, "--no-overlay", "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("notice: all image(s) are colour but the model takes 1 channel") == 1
+    assert "grayscale (ITU-R 601 luma)" in err
+    args = ["evaluate", str(segmentation_run), "--data", str(data), "--output", str(tmp_path / "e")]
+    assert main([*args, "--device", "cpu", "--no-progress", "--overlays", "1"]) == 0
+    assert "are colour but the model takes 1 channel" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["num_samples"] == 2
+
+
+@pytest.fixture(scope="module")
+def class_tree_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    images, labels = make_shapes(9, 16, seed=2)
+    names = ["circle", "square", "triangle"]
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (root / "tree" / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "tree" / names[label] / f"{index}.png")
+    args = ["train", "--model", "densenet_bc", "--model-arg", "depth=10"]
+    args += ["--model-arg", "growth_rate=4", "--data", str(root / "tree"), *FAST]
+    assert main([*args, "--epochs", "2", "--output", str(root / "run")]) == 0
+    return root / "tree", root / "run"
+
+
+def test_classification_predict_takes_a_class_folder_tree(class_tree_run, tmp_path, capsys):
+    tree, run = class_tree_run
+    output = tmp_path / "out"
+    assert main(["predict", str(run), str(tree), "--output", str(output), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "holds class folders (circle, square, triangle): predicting every image" in err
+    assert f"concatnets evaluate {run} --data {tree}" in err
+    rows = list(csv.DictReader((output / "predictions.csv").open()))
+    assert sorted(row["file"] for row in rows) == sorted(str(p) for p in tree.rglob("*.png"))
+
+
+def test_predicted_probabilities_are_the_softmax_of_the_model_as_trained(class_tree_run, tmp_path):
+    """The mean -log p(true class) over the validation split equals the run's val loss."""
+    from pathlib import Path
+
+    from concatnets.data.sources import open_labelled_data
+    from concatnets.data.split import split_indices
+
+    tree, run = class_tree_run
+    output = tmp_path / "out"
+    assert main(["predict", str(run), str(tree), "--output", str(output), "--device", "cpu"]) == 0
+    rows = list(csv.DictReader((output / "predictions.csv").open()))
+    by_name = {Path(r["file"]).relative_to(tree).with_suffix("").as_posix(): r for r in rows}
+    for row in rows:
+        probabilities = [float(row[f"p_{n}"]) for n in ("circle", "square", "triangle")]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert float(row["probability"]) == max(probabilities)
+    best = json.loads((run / "best.json").read_text())["metadata"]
+    data = open_labelled_data(str(tree), task="classification")
+    config = best["config"]
+    _, val = split_indices(len(data), config["val_fraction"], config["seed"], labels=data.labels)
+    losses = [
+        -np.log(float(by_name[data.names[i]][f"p_{data.class_names[data.labels[i]]}"])) for i in val
+    ]
+    assert np.mean(losses) == pytest.approx(best["metrics"]["val_loss"], rel=1e-4)

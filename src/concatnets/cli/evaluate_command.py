@@ -21,7 +21,7 @@ from concatnets.cli.common import (
 )
 from concatnets.data.datasets import LabelledDataset
 from concatnets.data.masks import parse_mask_values
-from concatnets.data.notices import notice
+from concatnets.data.notices import channel_conversion_notice, notice
 from concatnets.data.sources import LabelledData, open_labelled_data
 from concatnets.data.split import split_indices
 from concatnets.data.transforms import SizePolicy
@@ -87,6 +87,7 @@ def open_evaluation_data(
     )
     check_model_fits_data(trained.architecture, trained.spatial_dims, data)
     _check_classes(data, trained)
+    _match_model_channels(data, trained)
     if split == "val":
         _, indices = split_indices(
             len(data), float(config.get("val_fraction", 0.2)), seed, labels=data.labels
@@ -114,6 +115,13 @@ def _check_classes(data: LabelledData, trained: TrainedModel) -> None:
             f"{len(names)}; pass --mask-values to map the masks to 0..{len(names) - 1}"
         )
     data.class_names = list(names)
+
+
+def _match_model_channels(data: LabelledData, trained: TrainedModel) -> None:
+    """Feed 2-D images with the model's channel count (as predict does), saying so."""
+    if data.spatial_dims == 2 and data.in_channels != trained.in_channels:
+        channel_conversion_notice([data.in_channels], trained.in_channels)
+        data.in_channels = trained.in_channels
 
 
 def _size_policy(trained: TrainedModel) -> SizePolicy | None:

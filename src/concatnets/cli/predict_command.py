@@ -16,8 +16,19 @@ from tqdm import tqdm
 from concatnets.cli.common import HelpFormatter, describe, epilog, resolve_device
 from concatnets.data.datasets import load_input_tensor
 from concatnets.data.folders import find_input_images
-from concatnets.data.io import probe_image, read_image, to_float_image, write_mask_png
-from concatnets.data.notices import notice
+from concatnets.data.io import (
+    is_image_file,
+    probe_image,
+    read_image,
+    to_float_image,
+    write_mask_png,
+)
+from concatnets.data.notices import channel_conversion_notice, notice
+from concatnets.inference.mask_encoding import (
+    class_value_table,
+    describe_table,
+    stored_value_table,
+)
 from concatnets.training.dimensions import dims_mismatch_message
 from concatnets.training.loading import TrainedModel, load_trained_model
 from concatnets.training.plots import save_overlay_panel
@@ -110,18 +121,6 @@ def predict_logits(
     return logits[0]
 
 
-def _stored_values(trained: TrainedModel) -> np.ndarray | None:
-    """Class -> smallest stored mask value mapping to it, from the training run's map."""
-    saved = trained.metadata.get("mask_values")
-    if not saved:
-        return None
-    table = np.arange(len(trained.class_names), dtype=np.int64)
-    for stored, klass in sorted(((int(k), int(v)) for k, v in saved.items()), reverse=True):
-        if klass < len(table):
-            table[klass] = stored
-    return table
-
-
 def _unique_stems(files: list[Path]) -> list[str]:
     seen: set[str] = set()
     stems = []
@@ -140,23 +139,84 @@ def _parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def _check_dimensions(trained: TrainedModel, files: list[Path]) -> None:
-    """Refuse inputs of another dimensionality than the model before predicting any."""
-    for path in files:
-        dims = probe_image(path).spatial_dims
-        if dims != trained.spatial_dims:
+def _images_under(folder: Path) -> list[Path]:
+    """Every supported image in ``folder``'s sub-folders, at any depth, hidden ones skipped."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if not hidden and is_image_file(path):
+            found.append(path)
+    return found
+
+
+def _find_inputs(path: Path, trained: TrainedModel, run: str) -> list[Path]:
+    """The images to predict: ``path``, the images in it, or (classification) every image
+    in its sub-folders, e.g. a class-folder tree, whose labels ``evaluate`` can score."""
+    direct = path.is_dir() and not (path / "images").is_dir()
+    if trained.task != "classification" or not direct or any(map(is_image_file, path.iterdir())):
+        return find_input_images(path)
+    files = _images_under(path)
+    if not files:
+        return find_input_images(path)  # its error names the folder and the file types
+    folders = sorted({f.relative_to(path).parts[0] for f in files})
+    known = [name for name in folders if name in trained.class_names]
+    if known:
+        notice(
+            f"{path} holds class folders ({', '.join(known)}): predicting every image under "
+            f"it; to score the predictions against these labels run "
+            f"`concatnets evaluate {run} --data {path}`"
+        )
+    return files
+
+
+def _check_inputs(trained: TrainedModel, files: list[Path]) -> None:
+    """Refuse inputs of another dimensionality than the model before predicting any, and
+    say once when images are converted to the model's channel count."""
+    infos = [probe_image(path) for path in files]
+    for path, info in zip(files, infos, strict=True):
+        if info.spatial_dims != trained.spatial_dims:
             raise ValueError(
-                dims_mismatch_message(trained.architecture, trained.spatial_dims, str(path), dims)
+                dims_mismatch_message(
+                    trained.architecture, trained.spatial_dims, str(path), info.spatial_dims
+                )
             )
+    if trained.spatial_dims == 2:
+        channel_conversion_notice([info.channels for info in infos], trained.in_channels)
 
 
-def _write_mask(output: Path, stem: str, mask: np.ndarray, formats: tuple[str, ...]) -> None:
-    """Write ``masks/<stem>.png`` and/or ``.npy``; volumes are always ``.npy``."""
+def _write_mask(
+    output: Path,
+    stem: str,
+    mask: np.ndarray,
+    formats: tuple[str, ...],
+    tables: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Write ``masks/<stem>.png`` and/or ``.npy``; volumes are always ``.npy``.
+
+    ``tables`` give the value of each class in the PNG and in the ``.npy``.
+    """
     (output / "masks").mkdir(exist_ok=True)
+    png_table, npy_table = tables
     if "png" in formats and mask.ndim == 2:
-        write_mask_png(output / "masks" / f"{stem}.png", mask)
+        write_mask_png(output / "masks" / f"{stem}.png", png_table[mask])
     if "npy" in formats or mask.ndim == 3:
-        np.save(output / "masks" / f"{stem}.npy", mask.astype(np.int64))
+        np.save(output / "masks" / f"{stem}.npy", npy_table[mask].astype(np.int64))
+
+
+def _mask_tables(
+    trained: TrainedModel, args: argparse.Namespace
+) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """Class -> value tables for PNG and ``.npy`` masks, and a line saying what PNGs hold."""
+    classes = len(trained.class_names)
+    stored = stored_value_table(trained.metadata.get("mask_values"), classes)
+    if args.original_values and stored is None:
+        notice("the model's training masks were class indices already; writing class indices")
+    encoding = (
+        "original" if args.original_values else "indices" if args.class_indices else "viewable"
+    )
+    png = class_value_table(classes, stored, encoding)
+    npy = class_value_table(classes, stored, "original" if args.original_values else "indices")
+    return (png, npy), describe_table(png, trained.class_names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,18 +226,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile-size {args.tile_size} is too small; use at least 16")
     device = resolve_device(args.device)
     trained = load_trained_model(args.run, device, which=args.which)
-    files = find_input_images(Path(args.input))
-    _check_dimensions(trained, files)
+    files = _find_inputs(Path(args.input), trained, args.run)
+    _check_inputs(trained, files)
     volumes = trained.spatial_dims == 3
     tile_size = args.tile_size or _DEFAULT_TILE_SIZE[trained.spatial_dims]
     if volumes and "png" in formats and trained.task == "segmentation":
         notice("volume masks are written as .npy (D, H, W) arrays: PNG holds 2-D images only")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    stored = _stored_values(trained) if args.original_values else None
-    if args.original_values and stored is None:
-        notice("the model's training masks were class indices already; writing class indices")
-    rows = []
+    tables, png_values = _mask_tables(trained, args)
+    rows: list[tuple[str, int, list[float]]] = []  # file, best class, probabilities
     tiled = 0
     for path, stem in tqdm(
         list(zip(files, _unique_stems(files), strict=True)),
@@ -193,13 +251,13 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         )
         if trained.task == "classification":
-            probabilities = logits.softmax(0)
-            best = int(probabilities.argmax())
-            rows.append((str(path), trained.class_names[best], float(probabilities[best])))
+            probabilities = logits.softmax(0).tolist()
+            best = max(range(len(probabilities)), key=probabilities.__getitem__)
+            rows.append((str(path), best, probabilities))
             continue
         tiled += max(image.shape[: trained.spatial_dims]) > tile_size
         mask = logits.argmax(0).numpy()
-        _write_mask(output, stem, mask if stored is None else stored[mask], formats)
+        _write_mask(output, stem, mask, formats, tables)
         if args.overlay:
             shown = to_float_image(image, 3) if volumes else image
             save_overlay_panel(
@@ -208,15 +266,23 @@ def run(args: argparse.Namespace) -> int:
     if trained.task == "classification":
         with (output / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["file", "class", "probability"])
-            writer.writerows(rows)
-        for file, name, probability in rows[:10]:
-            print(f"{file}: {name} ({probability:.3f})")
+            names = trained.class_names
+            writer.writerow(["file", "class", "probability", *(f"p_{n}" for n in names)])
+            for file, best, probabilities in rows:
+                shown = [f"{p:.6g}" for p in probabilities]
+                writer.writerow([file, names[best], shown[best], *shown])
+        for file, best, probabilities in rows[:10]:
+            print(f"{file}: {trained.class_names[best]} ({probabilities[best]:.3f})")
         if len(rows) > 10:
             print(f"... {len(rows) - 10} more")
         print(f"wrote {output / 'predictions.csv'} ({len(rows)} images)")
         return 0
     written = ("npy",) if volumes else formats
+    if "png" in written:
+        print(
+            f"mask PNGs hold {png_values}"
+            + ("" if args.class_indices else " (--class-indices for 0, 1, ...)")
+        )
     overlays = "overlays/ (middle slices)" if volumes else "overlays/"
     parts = [f"masks/ ({', '.join(written)})"] + ([overlays] if args.overlay else [])
     kind = "volume" if volumes else "image"
@@ -234,12 +300,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=describe(
             """
             Run a trained model on an image or a folder of images (PNG, JPEG, TIFF, NPY).
-            Segmentation writes masks/<name>.png (class indices; --format npy for NumPy)
-            and overlays/<name>.png; images larger than --tile-size on a side are
+            Segmentation writes masks/<name>.png (viewable: the training masks' values
+            such as 0/255 where the run knows them, else classes spread over 0..255;
+            --class-indices for 0, 1, ...), masks/<name>.npy with --format npy (class
+            indices) and overlays/<name>.png; images larger than --tile-size on a side are
             predicted tile by tile (overlap-tile, blended), so any size fits in memory.
-            Classification writes predictions.csv. A 3-D model (e.g. unet3d) takes .npy
-            volumes (D, H, W) or (D, H, W, C) and writes masks/<name>.npy (D, H, W)
-            and an overlay of the middle slice.
+            Classification takes an image, a folder of images or a class-folder tree
+            and writes predictions.csv: file, predicted class, its probability and one
+            p_<class> column per class (softmax of the model as trained). A 3-D model
+            (e.g. unet3d) takes .npy volumes (D, H, W) or (D, H, W, C) and writes
+            masks/<name>.npy (D, H, W) and an overlay of the middle slice.
             """
         ),
         formatter_class=HelpFormatter,
@@ -249,6 +319,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "concatnets predict runs/my-run/best.json big_slide.tif --tile-size 256",
             "concatnets predict runs/my-run images/ --original-values   # e.g. 0/255 masks",
             "concatnets predict runs/my-unet3d-run volumes/ --tile-size 64   # .npy volumes",
+            "concatnets predict runs/my-densenet-run my_classes/   # every image in the tree",
         ),
     )
     parser.add_argument("run", metavar="RUN", help="run folder or checkpoint .json")
@@ -265,11 +336,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=True,
         help="write overlay PNGs (default: on)",
     )
-    parser.add_argument(
+    values = parser.add_mutually_exclusive_group()
+    values.add_argument(
+        "--class-indices",
+        action="store_true",
+        help="PNG masks hold class indices 0, 1, ... (default: viewable values, e.g. 0/255)",
+    )
+    values.add_argument(
         "--original-values",
         action="store_true",
-        help="write masks with the stored values of the training masks (e.g. 0/255) "
-        "instead of class indices",
+        help="PNG and .npy masks hold the stored values of the training masks (e.g. 0/255) "
+        "whatever they are",
     )
     parser.add_argument(
         "--tile-size",

@@ -8,11 +8,20 @@ that thin as ``(D, H, W, 1)``.
 A file that cannot be decoded (empty, truncated, not an image, a pickled ``.npy``) raises
 a one-line :class:`ValueError` naming the file and the fix. ``.npy`` files are read with
 ``allow_pickle=False``, so reading never runs code from a file.
+
+Pillow images above :func:`max_image_pixels` (by default Pillow's own refusal threshold,
+about 179 megapixels) are refused before any pixel is decoded, with a one-line error
+naming the file, its size, the limit and how to raise it: the environment variable
+``CONCATNETS_MAX_IMAGE_PIXELS`` (a pixel count, or ``0`` for no limit). This guards
+against decompression bombs, e.g. a small 1-bit PNG that decodes to 30000 x 30000 pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +30,14 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS_ENV",
     "MAX_VOLUME_CHANNELS",
     "ImageInfo",
+    "PixelLimitError",
     "array_spatial_dims",
     "is_image_file",
     "list_image_files",
+    "max_image_pixels",
     "probe_image",
     "read_image",
     "read_mask",
@@ -37,6 +49,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", "
 MAX_VOLUME_CHANNELS = 16
 """Most channels a ``(D, H, W, C)`` volume may have (more looks like channels first)."""
 _IMAGE_CHANNEL_COUNTS = (1, 3, 4)
+MAX_IMAGE_PIXELS_ENV = "CONCATNETS_MAX_IMAGE_PIXELS"
+"""Environment variable raising (or, with ``0``, lifting) the pixel limit of images."""
 # What Pillow and numpy raise for files they cannot decode.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
 
@@ -52,6 +66,62 @@ def _unreadable(path: Path, exc: BaseException) -> ValueError:
         f"{path}: cannot read this file ({reason}); it is corrupt, truncated or not an "
         "image: replace it or move it out of the data folder"
     )
+
+
+class PixelLimitError(ValueError):
+    """An image has more pixels than :func:`max_image_pixels` allows, or the limit is no number."""
+
+
+def max_image_pixels() -> int | None:
+    """Most pixels an image file may decode to; ``None`` when there is no limit.
+
+    ``CONCATNETS_MAX_IMAGE_PIXELS`` when set (``0`` lifts the limit), otherwise the count
+    above which Pillow refuses an image as a decompression bomb (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``).
+    """
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        pillow = Image.MAX_IMAGE_PIXELS
+        return None if pillow is None else 2 * int(pillow)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise PixelLimitError(
+            f"{MAX_IMAGE_PIXELS_ENV}={os.environ[MAX_IMAGE_PIXELS_ENV]!r} is not a pixel "
+            "count; set it to a whole number such as 1000000000, or 0 for no limit"
+        )
+    return value or None
+
+
+def _too_many_pixels(path: Path, width: int, height: int, limit: int) -> PixelLimitError:
+    return PixelLimitError(
+        f"{path}: {width} x {height} = {width * height:,} pixels is above the limit of "
+        f"{limit:,} pixels that guards against decompression bombs; if you trust the file, "
+        f"raise it, e.g. {MAX_IMAGE_PIXELS_ENV}={width * height} (0 for no limit)"
+    )
+
+
+@contextlib.contextmanager
+def _open_pillow(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` with :func:`max_image_pixels` checked on the header, before decoding.
+
+    Pillow's own check is switched off while the file opens (it would raise a bare
+    ``DecompressionBombError``, or warn, at its fixed limit): ours replaces it.
+    """
+    limit = max_image_pixels()
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        image = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    with image:
+        width, height = image.size
+        if limit is not None and width * height > limit:
+            raise _too_many_pixels(path, width, height, limit)
+        yield image
 
 
 @dataclass(frozen=True)
@@ -141,11 +211,13 @@ def probe_image(path: Path) -> ImageInfo:
         if path.suffix.lower() == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         else:
-            with Image.open(path) as image:
+            with _open_pillow(path) as image:
                 width, height = image.size
                 colour = image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
                 image.verify()
             return ImageInfo(height, width, 3 if colour else 1)
+    except PixelLimitError:
+        raise
     except _DECODE_ERRORS as exc:
         raise _unreadable(path, exc) from exc
     channels = _channels_of_array(array, path)
@@ -164,9 +236,11 @@ def _read_raw(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             return np.asarray(np.load(path, allow_pickle=False))
-        with Image.open(path) as image:
+        with _open_pillow(path) as image:
             image.load()
             return _pil_to_array(image)
+    except PixelLimitError:
+        raise
     except _DECODE_ERRORS as exc:
         raise _unreadable(path, exc) from exc
 
@@ -192,13 +266,15 @@ def read_image(path: Path) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() != ".npy":
         try:
-            with Image.open(path) as image:
+            with _open_pillow(path) as image:
                 image.load()
                 if image.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBA"):
                     image = image.convert("RGB")
                 elif image.mode in ("LA", "PA"):
                     image = image.convert("L")
                 array = _pil_to_array(image)
+        except PixelLimitError:
+            raise
         except _DECODE_ERRORS as exc:
             raise _unreadable(path, exc) from exc
     else:
