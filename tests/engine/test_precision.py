@@ -142,7 +142,7 @@ def test_norm_act_conv_matches_autocast_modules(device: str, dtype: torch.dtype,
     conv.float().zero_grad()
 
     def errors(out: Tensor, grads: list[Tensor | None]) -> list[float]:
-        pairs = [(out, reference), *zip(grads, ref_grads, strict=True)]
+        pairs = [(out, reference.detach()), *zip(grads, ref_grads, strict=True)]
         return [float((a.detach().double() - b).norm() / b.norm()) for a, b in pairs]  # type: ignore[union-attr]
 
     naive_z = z.clone().requires_grad_()
