@@ -17,6 +17,21 @@ _LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTE
 # rendezvous that lost a race on a loaded machine), not of the code under test: one retry.
 _LAUNCHER_ERRORS = ("address already in use", "connection refused", "connection reset")
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``cuda`` where torch sees no CUDA device."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not marked:
+        return
+    import torch  # only when a cuda test was collected
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 TorchRun = Callable[[Sequence[str], float], tuple[int, str]]
 
 

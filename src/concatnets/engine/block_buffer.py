@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
-from concatnets.engine.precision import in_full_precision
+from concatnets.engine.precision import in_engine_precision, stats_dtype
 from concatnets.engine.stats import (
     NormStats,
     batch_moments,
@@ -258,8 +258,9 @@ def _forward(
     workspace = _Workspace(buffer)
     # Per-channel batch moments of the buffer, filled as channels are written.
     need_moments = any(uses_batch_stats(layer.norm1) for layer in layers)
-    means = x.new_empty(total) if need_moments else None
-    variances = x.new_empty(total) if need_moments else None
+    moments_dtype = stats_dtype(x.dtype)  # float32 under autocast
+    means = x.new_empty(total, dtype=moments_dtype) if need_moments else None
+    variances = x.new_empty(total, dtype=moments_dtype) if need_moments else None
     if means is not None and variances is not None:
         m, v = batch_moments(x)
         means[:in_channels], variances[:in_channels] = m, v
@@ -408,12 +409,14 @@ def dense_block(
             convolution in backward (one more 1x1 convolution per layer, least memory).
 
     Gradients are exact (same as the naive network up to floating-point rounding); double
-    backward is not supported.
+    backward is not supported. Under ``torch.autocast`` the buffer, the bottleneck outputs
+    and the convolutions are in the autocast dtype, statistics in float32
+    (:mod:`concatnets.engine.precision`).
     """
     if policy not in ("keep", "recompute"):
         raise ValueError(f"policy must be 'keep' or 'recompute', got {policy!r}")
     _check_layers(layers, x.shape[1])
-    return in_full_precision(x.device, lambda cast: _dense_block(cast(x), layers, policy))
+    return in_engine_precision(x.device, lambda cast: _dense_block(cast(x), layers, policy))
 
 
 def _dense_block(x: Tensor, layers: Sequence[DenseLayerLike], policy: BottleneckPolicy) -> Tensor:

@@ -3,6 +3,11 @@
 The engine's custom autograd functions run convolutions on tensors they manage
 themselves (views of shared buffers, recomputed activations); these helpers call the same
 ATen kernels plain autograd would (``convolution`` / ``convolution_backward``).
+
+A convolution runs in the dtype of its input: under autocast the engine's activations
+are float16/bfloat16 and the float32 weights are cast to that dtype for the kernel, as
+autocast casts them (the weight gradient is computed in that dtype too, then returned in
+the weight's own dtype, as autocast's differentiable cast returns it).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.nn.modules.conv import _ConvNd
+
+from concatnets.engine.precision import is_reduced
 
 __all__ = ["conv_backward", "conv_forward"]
 
@@ -35,9 +42,21 @@ def _geometry(conv: _ConvNd) -> tuple[list[int], list[int], list[int], bool, lis
     )
 
 
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype a convolution of ``x`` runs in: ``x``'s when it is a reduced float."""
+    return x.dtype if is_reduced(x.dtype) else weight.dtype
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def conv_forward(conv: _ConvNd, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """Apply ``conv``'s geometry with the given ``weight``/``bias`` to ``x``."""
-    return torch.convolution(x, weight, bias, *_geometry(conv))
+    """Apply ``conv``'s geometry with ``weight``/``bias`` to ``x`` (in ``x``'s dtype when
+    that is float16/bfloat16)."""
+    dtype = _compute_dtype(x, weight)
+    bias = None if bias is None else _as(bias, dtype)
+    return torch.convolution(x, _as(weight, dtype), bias, *_geometry(conv))
 
 
 def conv_backward(
@@ -52,15 +71,18 @@ def conv_backward(
     """Gradients of ``conv_forward`` for input, weight and bias.
 
     The input gradient is None when ``input_grad`` is False, the bias gradient when
-    ``has_bias`` is False.
+    ``has_bias`` is False. They run in the dtype :func:`conv_forward` ran in; weight and
+    bias gradients are returned in ``weight``'s dtype.
     """
     out_channels = weight.shape[1] * conv.groups if conv.transposed else weight.shape[0]
+    dtype = _compute_dtype(x, weight)
     grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_out,
+        _as(grad_out, dtype),
         x,
-        weight,
+        _as(weight, dtype),
         [out_channels] if has_bias else None,
         *_geometry(conv),
         [input_grad, True, has_bias],
     )
-    return (grad_x if input_grad else None), grad_w, (grad_b if has_bias else None)
+    grad_b = _as(grad_b, weight.dtype) if has_bias else None
+    return (grad_x if input_grad else None), _as(grad_w, weight.dtype), grad_b

@@ -6,6 +6,10 @@ one channel per group. Neither keeps running statistics, so training and evaluat
 behave alike. As with batch norm (:mod:`concatnets.engine.stats`), the forward keeps only
 ``mean`` and ``invstd`` per (sample, group), and backward rebuilds the normalised
 activation elementwise and calls the native backward kernel plain autograd uses.
+
+Under autocast the input is float16/bfloat16 and the statistics float32: on CPU the
+native kernels take the mixed dtypes directly; elsewhere (CUDA, where autocast itself
+runs group norm in float32) the kernels see a transient float32 copy of the input.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from concatnets.engine.layout import layout_of
+from concatnets.engine.precision import is_reduced
 from concatnets.engine.stats import scale_shift_act
 
 __all__ = [
@@ -70,14 +75,27 @@ def _sizes(x: Tensor) -> tuple[int, int, int]:
     return x.shape[0], x.shape[1], x[0, 0].numel()
 
 
+def _kernel_input(x: Tensor, weight: Tensor | None) -> Tensor:
+    """``x`` as the native group-norm kernels take it with ``weight``'s dtype.
+
+    The CPU kernels accept a float16/bfloat16 input with float32 parameters (and give
+    float32 statistics); on other devices the input is upcast (a transient copy).
+    """
+    if x.device.type == "cpu" or not is_reduced(x.dtype):
+        return x
+    return x.float() if weight is None or weight.dtype != x.dtype else x
+
+
 @torch.no_grad()
 def group_norm_forward(
     module: nn.Module, x: Tensor, weight: Tensor | None, bias: Tensor | None
 ) -> tuple[Tensor, GroupStats]:
     """``relu(norm(x))`` for a GroupNorm/InstanceNorm ``module`` and the statistics used."""
     groups = group_norm_groups(module)
-    y, mean, invstd = torch.native_group_norm(x, weight, bias, *_sizes(x), groups, module.eps)
-    return y.relu_(), GroupStats(mean, invstd, groups)
+    y, mean, invstd = torch.native_group_norm(
+        _kernel_input(x, weight), weight, bias, *_sizes(x), groups, module.eps
+    )
+    return y.to(x.dtype).relu_(), GroupStats(mean, invstd, groups)
 
 
 def _per_channel(stat: Tensor, channels: int) -> Tensor:
@@ -116,9 +134,10 @@ def group_norm_backward(
     affine = weight is not None
     if stats.groups == x.shape[1] and layout_of(x) != torch.contiguous_format:
         return _instance_norm_backward(grad_y, x, weight, stats)
+    kernel_x = _kernel_input(x, weight)
     grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
-        grad_y,
-        x,
+        grad_y.to(kernel_x.dtype),
+        kernel_x,
         stats.mean,
         stats.invstd,
         weight,
@@ -126,7 +145,7 @@ def group_norm_backward(
         stats.groups,
         [True, affine, affine],
     )
-    return grad_x, (grad_w if affine else None), (grad_b if affine else None)
+    return grad_x.to(x.dtype), (grad_w if affine else None), (grad_b if affine else None)
 
 
 def _instance_norm_backward(

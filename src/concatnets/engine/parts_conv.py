@@ -26,7 +26,7 @@ from torch.nn.modules.conv import _ConvNd
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
 from concatnets.engine.layout import layout_of, preferred_layout, to_layout
-from concatnets.engine.precision import in_full_precision
+from concatnets.engine.precision import in_engine_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
 
 __all__ = ["NormActPart", "norm_act_conv", "normalize_parts", "source_conv_output"]
@@ -378,7 +378,7 @@ class _NormActConvFunction(torch.autograd.Function):
             start += part.channels
         grad_bias = None
         if bias is not None:
-            grad_bias = grad_out.sum(dim=[0, *range(2, grad_out.dim())])
+            grad_bias = grad_out.sum(dim=[0, *range(2, grad_out.dim())], dtype=bias.dtype)
         return (None, None, *grads, grad_weight, grad_bias)
 
 
@@ -397,7 +397,7 @@ def norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
             f"{type(conv).__name__} expects {conv.in_channels} input channels but the parts "
             f"give {total}; build it with in_channels={total}"
         )
-    return in_full_precision(
+    return in_engine_precision(
         parts[0].tensor.device,
         lambda cast: _norm_act_conv([replace(p, tensor=cast(p.tensor)) for p in parts], conv),
     )

@@ -1,9 +1,18 @@
-"""Autocast handling for the engine's custom autograd functions.
+"""Mixed precision for the engine's custom autograd functions.
 
 The engine calls ATen kernels directly and recomputes activations in backward, where
-autocast is not active; mixing a half-precision forward with a recompute in another
-precision would make backward disagree with forward. Under autocast the engine therefore
-runs its own operations in float32 (autocast still applies to the model's other layers).
+autocast is not active. So it does not rely on autocast: under ``torch.autocast`` it
+turns autocast off for its own operations and applies autocast's rules itself, the same
+way in forward and in backward.
+
+* Activations entering the engine are cast to the autocast dtype (differentiably, as
+  autocast casts them, so input gradients come back in the input's dtype); everything
+  the engine computes from them and stores for backward (feature buffers, bottleneck
+  and convolution outputs) is in that dtype.
+* Convolutions run in the dtype of their input (:mod:`concatnets.engine.conv` casts the
+  weights) and return parameter gradients in the parameters' dtype.
+* Normalisation statistics and running statistics stay float32
+  (:func:`stats_dtype`), as autocast's own batch norm keeps them.
 """
 
 from __future__ import annotations
@@ -14,22 +23,45 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["in_full_precision"]
+__all__ = ["REDUCED_DTYPES", "autocast_dtype", "in_engine_precision", "is_reduced", "stats_dtype"]
 
 T = TypeVar("T")
 
+# The floating dtypes autocast computes in; the engine keeps statistics of them in float32.
+REDUCED_DTYPES = (torch.float16, torch.bfloat16)
 
-def in_full_precision(device: torch.device, run: Callable[[Callable[[Tensor], Tensor]], T]) -> T:
-    """Call ``run(cast)`` with autocast off when it is on for ``device``.
 
-    ``cast`` turns a low-precision floating tensor into float32 (differentiably) and leaves
-    others alone; without autocast it is the identity.
-    """
+def is_reduced(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is a reduced-precision float (float16 or bfloat16)."""
+    return dtype in REDUCED_DTYPES
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of normalisation statistics of a ``dtype`` tensor: float32 for reduced ones."""
+    return torch.float32 if is_reduced(dtype) else dtype
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes convolutions in on ``device``, or None when it is off."""
     if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+def in_engine_precision(device: torch.device, run: Callable[[Callable[[Tensor], Tensor]], T]) -> T:
+    """Call ``run(cast)`` with autocast off, ``cast`` applying autocast's input rule.
+
+    Under autocast on ``device``, ``cast`` turns a floating tensor other than float64
+    into the autocast dtype (differentiably, like autocast) and leaves others alone;
+    without autocast it is the identity and ``run`` runs as called.
+    """
+    dtype = autocast_dtype(device)
+    if dtype is None:
         return run(lambda t: t)
 
     def cast(t: Tensor) -> Tensor:
-        return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
+        eligible = t.is_floating_point() and t.dtype not in (torch.float64, dtype)
+        return t.to(dtype) if eligible else t
 
     with torch.autocast(device_type=device.type, enabled=False):
         return run(cast)

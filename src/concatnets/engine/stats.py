@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from concatnets.engine.layout import layout_of
+from concatnets.engine.precision import is_reduced, stats_dtype
 
 __all__ = [
     "NormStats",
@@ -70,9 +71,14 @@ def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance of ``(N, C, *spatial)`` ``x``.
 
     Uses the native batch-norm statistics kernel (with eps 0, so ``var = invstd ** -2``),
-    several times faster on CPU than ``torch.var_mean`` over dims ``(0, 2, ...)``.
+    several times faster on CPU than ``torch.var_mean`` over dims ``(0, 2, ...)``. For a
+    float16/bfloat16 ``x`` the statistics are float32: a float32 unit scale selects the
+    kernel's mixed-precision path, the one autocast's batch norm takes.
     """
-    _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
+    weight = None
+    if is_reduced(x.dtype):
+        weight = torch.ones(x.shape[1], dtype=stats_dtype(x.dtype), device=x.device)
+    _, mean, invstd = torch.native_batch_norm(x, weight, None, None, None, True, 0.0, 0.0)
     return mean, invstd.pow(-2)
 
 
@@ -158,12 +164,48 @@ def scale_shift_act(
     """``relu(x * scale + shift)`` into ``out`` or a new tensor in ``x``'s layout.
 
     ``scale`` and ``shift`` broadcast against ``x`` (per channel, or per sample and
-    channel); one fused multiply-add per element.
+    channel); one fused multiply-add per element. A float16/bfloat16 ``x`` goes through
+    :func:`_scale_shift_in_float`, which rounds once as autocast's batch norm does.
     """
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout_of(x))
-    torch.addcmul(shift, x, scale, out=out)
+    if is_reduced(x.dtype) and stats_dtype(x.dtype) == scale.dtype:
+        _scale_shift_in_float(x, scale, shift, out)
+    else:
+        torch.addcmul(shift, x, scale, out=out)
     return out.relu_() if activation else out
+
+
+def _scale_shift_in_float(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> None:
+    """``out = x * scale + shift`` computed in float32 and rounded once to ``x``'s dtype.
+
+    The native batch-norm kernel in inference mode with zero mean, unit variance and
+    ``eps = 0`` computes exactly ``x * weight + bias`` with float32 parameters. Rounding
+    ``scale`` and ``shift`` to bfloat16 for an ``addcmul`` instead would cost an absolute
+    error of ``|shift| * 2**-8`` (``shift`` is about ``mean * scale``), which flips ReLU
+    signs near zero that autocast's batch norm gets right; a mixed-dtype ``addcmul`` is
+    about 30x slower on CPU. Per-sample parameters (group norm) run one sample at a time.
+    """
+    channels = x.shape[1]
+    scale, shift = torch.broadcast_tensors(scale, shift)
+    scale, shift = scale.reshape(-1, channels), shift.reshape(-1, channels)
+    zeros, ones = scale.new_zeros(channels), scale.new_ones(channels)
+    unused = scale.new_empty(0)
+    for row in range(scale.shape[0]):
+        rows = slice(None) if scale.shape[0] == 1 else slice(row, row + 1)
+        torch.ops.aten.native_batch_norm.out(
+            x[rows],
+            scale[row].contiguous(),
+            shift[row].contiguous(),
+            zeros,
+            ones,
+            False,
+            0.0,
+            0.0,
+            out=out[rows],
+            save_mean=unused,
+            save_invstd=unused,
+        )
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from concatnets.engine import NormActPart, norm_act_conv
 from concatnets.engine.group_stats import group_norm_forward, is_group_norm
 from concatnets.engine.layout import preferred_layout, to_layout
 from concatnets.engine.parts_conv import source_conv_output
-from concatnets.engine.precision import in_full_precision
+from concatnets.engine.precision import in_engine_precision
 from concatnets.engine.stats import norm_act_forward
 from concatnets.ops import crop_slices
 
@@ -87,10 +87,10 @@ def _upsampled(up: nn.Module, below: NormActPart) -> NormActPart:
 def forward_memory_efficient(model: UNet, x: Tensor) -> Tensor:
     """Logits of ``model`` for ``x`` (already padded for same padding).
 
-    Under autocast the whole path runs in float32: its statistics and recomputations must
-    see the same precision in forward and backward.
+    Under autocast the whole path runs in the autocast dtype, statistics in float32
+    (:mod:`concatnets.engine.precision`), in forward and backward alike.
     """
-    return in_full_precision(x.device, lambda cast: _forward(model, cast(x)))
+    return in_engine_precision(x.device, lambda cast: _forward(model, cast(x)))
 
 
 def _forward(model: UNet, x: Tensor) -> Tensor:
