@@ -7,9 +7,14 @@ operations (batch norm, ReLU) are recomputed in backward from saved statistics
 
 from __future__ import annotations
 
-from concatnets._version import __version__
-from concatnets.models import create_model, list_models
-from concatnets.ops import center_crop_to, concatenate, pad_to
+from concatnets._allocator import configure_allocator
+
+# Before torch allocates: keep freed large tensors from staying resident (see _allocator).
+configure_allocator()
+
+from concatnets._version import __version__  # noqa: E402
+from concatnets.models import create_model, list_models  # noqa: E402
+from concatnets.ops import center_crop_to, concatenate, pad_to  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -44,7 +44,7 @@ def test_lists_and_options_are_parsed() -> None:
         "--threads",
         "1",
         "--allocator",
-        "system",
+        "user,glibc",
         "--output",
         "out",
     )
@@ -52,10 +52,11 @@ def test_lists_and_options_are_parsed() -> None:
     assert args.modes == ["naive", "efficient"]
     assert args.depth_sweep == [40, 100, 160, 250]
     assert (args.batch, args.image_size, args.threads) == (16, 64, 1)
-    assert args.allocator == "system" and args.output == Path("out")
+    assert args.allocator == ["user", "glibc"] and args.output == Path("out")
     defaults = _parse("memory")
     assert defaults.modes == ["naive", "checkpoint", "efficient"]
-    assert defaults.allocator == "fixed" and defaults.device == "cpu"
+    assert defaults.allocator == ["user"] and defaults.device == "cpu"
+    assert defaults.amp is None
 
 
 def test_model_args_reach_every_planned_row(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,6 +82,8 @@ def test_model_args_reach_every_planned_row(monkeypatch: pytest.MonkeyPatch) -> 
         ["memory", "--modes", "fast"],
         ["memory", "--depth-sweep", "40,x"],
         ["memory", "--model-arg", "no-equals-sign"],
+        ["memory", "--allocator", "jemalloc"],
+        ["memory", "--amp", "fp8"],
         [],
     ],
 )
@@ -114,6 +117,7 @@ def test_memory_command_writes_table_json_and_png(
     monkeypatch.setattr(cli, "run_configs", _fake_run)
     monkeypatch.setattr(cli, "torchvision_status", lambda: (False, "ModuleNotFoundError"))
     argv = ["memory", "--preset", "targets", "--depth-sweep", "40,100", "--output", str(tmp_path)]
+    argv += ["--allocator", "fixed"]
     assert cli.main(argv) == 0
     out, err = capsys.readouterr()
     assert "torchvision is not importable" in err and "skipped" in err
@@ -175,3 +179,84 @@ def test_real_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     assert len({r["pid"] for r in payload["results"]}) == 2
     assert payload["fits"]["efficient"]["memory"] is not None
     assert (tmp_path / "memory_vs_depth.png").exists()
+
+
+def test_each_allocator_environment_gets_its_own_resident_column(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen_env: list[dict[str, str]] = []
+
+    def run(configs: list[BenchConfig], **kwargs: Any) -> list[dict[str, Any]]:
+        seen_env.append(dict(kwargs["env"]))
+        glibc = kwargs["env"].get("CONCATNETS_MALLOC") == "system"
+        results = _fake_run(configs)
+        for result in results:
+            naive = result["config"]["mode"] == "naive"
+            result["memory_metric"] = "cpu_rss"
+            result["cpu_rss_peak_growth_mib"] = (300.0 if glibc else 250.0) * (
+                0.4 if not naive else 1
+            )
+            result["live_peak_mib"] = 50.0 if naive else 10.0
+        return results
+
+    monkeypatch.setattr(cli, "run_configs", run)
+    argv = ["memory", "--models", "densenet_bc_100", "--modes", "naive,efficient"]
+    assert cli.main([*argv, "--allocator", "user,glibc"]) == 0
+    assert [env.get("CONCATNETS_MALLOC") for env in seen_env] == [None, "system"]
+    out = capsys.readouterr().out
+    assert "resident MiB, user env" in out and "resident MiB, glibc defaults" in out
+    assert "live tensors MiB" in out
+    efficient = next(line for line in out.splitlines() if "| efficient |" in line)
+    assert "| 100.0 | 0.40x | 120.0 | 0.40x | 10.0 | 0.20x |" in efficient
+
+
+def test_fp16_on_cpu_and_cuda_without_a_gpu_are_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    with pytest.raises(SystemExit, match="fp16 needs --device cuda"):
+        cli.main(["memory", "--models", "densenet_bc_100", "--amp", "fp16"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA GPU is visible"):
+        cli.main(["memory", "--models", "densenet_bc_100", "--device", "cuda"])
+    with pytest.raises(SystemExit, match="use cpu, cuda or cuda:N"):
+        cli.main(["memory", "--models", "densenet_bc_100", "--device", "gpu"])
+
+
+def test_amp_reaches_every_planned_row_and_its_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    planned: list[BenchConfig] = []
+
+    def record(configs: list[BenchConfig], **kwargs: Any) -> list[dict[str, Any]]:
+        planned.extend(configs)
+        return _fake_run(configs, **kwargs)
+
+    monkeypatch.setattr(cli, "run_configs", record)
+    argv = ["memory", "--models", "densenet_bc_100", "--modes", "naive,efficient", "--amp", "bf16"]
+    assert cli.main(argv) == 0
+    assert [(c.amp, c.label) for c in planned] == [("bf16", "densenet_bc_100 bf16")] * 2
+
+
+@pytest.mark.parametrize("benchmark", ["memory", "time"])
+def test_help_is_plain_text(benchmark: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(benchmark, "--help")
+    text = capsys.readouterr().out
+    assert "``" not in text and ":mod:" not in text
+    assert "examples:" in text
+
+
+def test_bench_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse("--help")
+    text = capsys.readouterr().out
+    assert "examples:" in text and "concatnets bench time --model" in text
+
+
+def test_bench_time_options_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse("time", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch BATCH batch size" in text
+    assert "--image-size IMAGE_SIZE side of the square" in text
+    assert "--modes MODES comma-separated modes" in text

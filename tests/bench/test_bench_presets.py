@@ -97,3 +97,15 @@ def test_channels_last_setting_labels_rows_and_keeps_them_apart() -> None:
     assert layout[0].label == "densenet_bc_100 (channels-last)" and layout[0].channels_last
     # Each is compared with the naive row of its own layout, never across layouts.
     assert comparison_key(default[0]) != comparison_key(layout[0])
+
+
+def test_amp_is_validated_and_fp16_needs_cuda() -> None:
+    from concatnets.bench.config import BenchConfig, comparison_key
+
+    bf16 = BenchConfig("unet", "naive", 1, 8, amp="bf16")
+    assert comparison_key(bf16) != comparison_key(BenchConfig("unet", "naive", 1, 8))
+    assert BenchConfig("unet", "naive", 1, 8, amp="fp16", device="cuda").amp == "fp16"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        BenchConfig("unet", "naive", 1, 8, amp="fp16")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        BenchConfig("unet", "naive", 1, 8, amp="fp8")

@@ -90,7 +90,7 @@ def test_fits_cover_the_sweep_group_only(results: list[dict[str, Any]]) -> None:
 def test_table_has_one_line_per_configuration(results: list[dict[str, Any]]) -> None:
     table = markdown_table(results).splitlines()
     assert len(table) == 2 + len(results)
-    assert "peak MiB" in table[0] and "mem x naive" in table[0]
+    assert "| peak MiB | x naive |" in table[0]
     checkpoint = next(line for line in table if "| densenet121 | checkpoint |" in line)
     assert "| 600.0 | 0.60x | 2.400 | 1.20x |" in checkpoint
     assert any("| unet | naive |" in line and "failed" in line for line in table)
@@ -146,3 +146,41 @@ def test_no_png_without_sweep_rows(results: list[dict[str, Any]], tmp_path: Path
     targets = [r for r in results if r["config"]["group"] == "targets"]
     assert not plot_sweep(targets, {}, tmp_path / "memory_vs_depth.png")
     assert not (tmp_path / "memory_vs_depth.png").exists()
+
+
+def test_live_and_per_allocator_figures_get_ratios_and_columns() -> None:
+    config = {"model": "unet", "batch": 4, "image_size": 256, "group": "targets"}
+    rows = []
+    for mode, user, glibc, live in (
+        ("naive", 1500.0, 1600.0, 1000.0),
+        ("efficient", 700.0, 860.0, 450.0),
+    ):
+        row = _result(BenchConfig(mode=mode, **config), user, 1.0)
+        row.update(
+            memory_metric="cpu_rss",
+            live_peak_mib=live,
+            resident_by_allocator={"user": user, "glibc": glibc},
+        )
+        rows.append(row)
+    naive, efficient = add_ratios(rows)
+    assert efficient["live_ratio"] == pytest.approx(0.45)
+    assert efficient["resident_ratios"] == {
+        "user": pytest.approx(700 / 1500),
+        "glibc": pytest.approx(860 / 1600),
+    }
+    assert naive["cuda_reserved_ratio"] is None
+    table = markdown_table([naive, efficient])
+    assert "resident MiB, user env" in table and "resident MiB, glibc defaults" in table
+    assert "| 700.0 | 0.47x | 860.0 | 0.54x | 450.0 | 0.45x |" in table
+
+
+def test_cuda_rows_show_allocated_and_reserved() -> None:
+    config = {"model": "unet", "batch": 4, "image_size": 256, "device": "cuda"}
+    rows = []
+    for mode, allocated, reserved in (("naive", 1000.0, 1200.0), ("efficient", 400.0, 600.0)):
+        row = _result(BenchConfig(mode=mode, **config), allocated, 1.0)
+        row.update(memory_metric="cuda", cuda_reserved_peak_growth_mib=reserved, live_peak_mib=1.0)
+        rows.append(row)
+    table = markdown_table(add_ratios(rows))
+    assert "CUDA allocated MiB" in table and "CUDA reserved MiB" in table
+    assert "| 400.0 | 0.40x | 600.0 | 0.50x | 1.0 | 1.00x |" in table

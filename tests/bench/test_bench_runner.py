@@ -126,6 +126,8 @@ def test_child_reports_sane_numbers(results: list[dict[str, Any]]) -> None:
     assert result["torch_threads"] == 1
     assert all(math.isfinite(loss) for loss in result["losses"])
     assert result["config"]["mode"] == "naive"
+    assert result["live_peak_mib"] > 0
+    assert result["allocator_setting"]  # what import concatnets did, in words
 
 
 def test_children_run_with_the_shared_allocator_settings(results: list[dict[str, Any]]) -> None:
@@ -180,9 +182,15 @@ def test_death_by_signal_is_explained() -> None:
     assert _death_reason(3) == "exited with status 3"
 
 
-def test_system_allocator_adds_no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_and_glibc_environments_add_no_malloc_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert "MALLOC_ARENA_MAX" not in child_environment("system")
+    monkeypatch.delenv("CONCATNETS_MALLOC", raising=False)
+    assert child_environment() == child_environment("user")
+    assert "MALLOC_ARENA_MAX" not in child_environment("user")
+    assert "CONCATNETS_MALLOC" not in child_environment("user")
+    assert child_environment("glibc")["CONCATNETS_MALLOC"] == "system"
     assert child_environment("fixed")["MALLOC_ARENA_MAX"] == "2"
     with pytest.raises(ValueError, match="allocator"):
         child_environment("jemalloc")

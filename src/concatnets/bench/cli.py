@@ -1,8 +1,13 @@
 """``concatnets bench memory``: peak training memory and step time, mode by mode.
 
-Each (model, mode, batch, image size) runs in a fresh child process with the same
-environment and allocator settings; the report compares every mode with the naive
-reference measured in the same run.
+Each (model, mode, batch, image size) runs in a fresh child process that does what a
+user's script does: ``import concatnets``, build the model, train a few steps, in the
+environment as the user has it. Every row reports the resident-set peak growth of a
+training step (on CUDA: max_memory_allocated and max_memory_reserved) and the peak of
+live tensor bytes, which no allocator setting changes; ``--allocator user,glibc`` adds
+the resident figure without concatnets's glibc setting, ``fixed`` the one under the
+MALLOC_* settings earlier benchmarks used. The report compares every mode with the
+naive reference measured in the same run.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig, add_model_options
+from concatnets.bench.config import (
+    MODE_VALUES,
+    BenchConfig,
+    add_device_options,
+    add_model_options,
+    check_device,
+    plain_text,
+)
 from concatnets.bench.environment import describe_environment, torchvision_status
 from concatnets.bench.interleaved import add_time_parser
 from concatnets.bench.presets import (
@@ -51,7 +63,21 @@ _EXAMPLES = """examples:
   concatnets bench memory --depth-sweep 40,100,160,250 --modes naive,efficient
   concatnets bench memory --models densenet121 --batch 8 --image-size 224 --device cuda
   concatnets bench memory --models unet --batch 4 --image-size 256 \\
-    --model-arg normalization=instance"""
+    --model-arg normalization=instance
+  concatnets bench memory --preset targets --threads 1 --allocator user,glibc
+  concatnets bench memory --models densenet_bc_100 --batch 64 --amp bf16"""
+_BENCH_EXAMPLES = """examples:
+  concatnets bench memory --preset quick
+  concatnets bench memory --preset targets --threads 1 --allocator user,glibc
+  concatnets bench time --model densenet_bc_100 --batch 64 --image-size 32 --threads 1
+  concatnets bench time --model unet --batch 4 --image-size 256 --amp bf16
+
+Run "concatnets bench memory --help" or "concatnets bench time --help" for options."""
+_BENCH_DESCRIPTION = (
+    "Benchmarks of concatnets models: memory (peak resident and live-tensor memory of a "
+    "training step, one fresh process per mode) and time (step time of every mode, "
+    "interleaved in one process)."
+)
 
 
 def _names(text: str) -> list[str]:
@@ -63,6 +89,17 @@ def _depths(text: str) -> list[int]:
         return [int(part) for part in _names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated depths, got {text!r}") from None
+
+
+def _allocators(text: str) -> list[str]:
+    names = _names(text)
+    unknown = [n for n in names if n not in ALLOCATOR_SETTINGS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown allocator environment(s) {unknown}; choose from "
+            f"{', '.join(ALLOCATOR_SETTINGS)} (comma-separated)"
+        )
+    return list(dict.fromkeys(names))
 
 
 def _modes(text: str) -> list[str]:
@@ -80,7 +117,7 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "memory",
         help="peak training memory and step time: naive vs checkpoint vs efficient",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_EXAMPLES,
     )
@@ -127,17 +164,21 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     how.add_argument("--steps", type=int, help="timed steps per configuration (default 3)")
     how.add_argument("--warmup", type=int, help="warm-up steps per configuration (default 1)")
-    how.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    add_device_options(how)
     how.add_argument(
         "--threads", type=int, help="torch.set_num_threads in every child (default: torch's)"
     )
     add_model_options(how)
     how.add_argument(
         "--allocator",
-        choices=sorted(ALLOCATOR_SETTINGS),
-        default="fixed",
-        help="fixed (default): the same glibc MALLOC_* settings for every mode, "
-        "reported; system: the inherited environment",
+        type=_allocators,
+        default="user",
+        metavar="ENV[,ENV...]",
+        help="C-allocator environments of the children, one resident column each (the "
+        "first also gives the time and live figures): user (default: the environment "
+        "as you have it, with the glibc mmap threshold import concatnets pins), glibc "
+        "(CONCATNETS_MALLOC=system: glibc's own dynamic threshold), fixed (the MALLOC_* "
+        "settings of earlier benchmarks)",
     )
     how.add_argument(
         "--timeout", type=float, help="seconds before a child is killed (default: none)"
@@ -161,7 +202,11 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` (with its ``memory`` subcommand) on the main CLI."""
     bench = subparsers.add_parser(
-        "bench", help="benchmarks (memory, time)", description="Benchmarks of concatnets models."
+        "bench",
+        help="benchmarks (memory, time)",
+        description=_BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_BENCH_EXAMPLES,
     )
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     add_memory_parser(benchmarks)
@@ -172,7 +217,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """Stand-alone parser of ``python -m concatnets.bench``."""
     parser = argparse.ArgumentParser(
-        prog="python -m concatnets.bench", description="Benchmarks of concatnets models."
+        prog="python -m concatnets.bench",
+        description=_BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_BENCH_EXAMPLES,
     )
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     add_memory_parser(benchmarks)
@@ -235,18 +283,23 @@ def _progress(index: int, total: int, config: BenchConfig, result: dict[str, Any
         print(f"{name}: {result['status']}: {error}", file=sys.stderr, flush=True)
 
 
-def _check_device(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit(f"concatnets bench memory: --device {device}: no CUDA GPU is visible")
+def _merge_allocators(primary: str, runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The primary run's results, each with ``resident_by_allocator`` from every run."""
+    merged = []
+    for index, result in enumerate(runs[primary]):
+        resident = {}
+        for name, results in runs.items():
+            other = results[index]
+            if other.get("status") == "ok" and other.get("memory_metric") == "cpu_rss":
+                resident[name] = other["cpu_rss_peak_growth_mib"]
+        merged.append({**result, "allocator": primary, "resident_by_allocator": resident})
+    return merged
 
 
 def run_memory(args: argparse.Namespace) -> int:
     """Run the memory benchmark described by parsed ``args``; return the exit status."""
     _check_models(args.models)
-    _check_device(args.device)
+    check_device(args.device, args.amp, "concatnets bench memory")
     rows = _rows(args)
     has_torchvision_model = any(row.model == _TORCHVISION_MODEL for row in rows)
     tv_available, tv_detail = torchvision_status()
@@ -267,10 +320,19 @@ def run_memory(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         channels_last=args.channels_last,
         model_kwargs=dict(args.model_args),
+        amp=args.amp,
     )
     plan = build_plan(rows, settings, torchvision=use_torchvision)
-    env = child_environment(args.allocator)
-    results = add_ratios(run_configs(plan, env=env, timeout=args.timeout, progress=_progress))
+    allocators = list(args.allocator)
+    runs = {}
+    for name in allocators:
+        if len(allocators) > 1:
+            print(f"allocator environment {name!r}:", file=sys.stderr, flush=True)
+        runs[name] = run_configs(
+            plan, env=child_environment(name), timeout=args.timeout, progress=_progress
+        )
+    results = add_ratios(_merge_allocators(allocators[0], runs))
+    env = child_environment(allocators[0])
     fits = fit_sweeps(results)
     payload = {
         "command": shlex.join(sys.orig_argv),

@@ -8,12 +8,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "AMP_DTYPES",
     "MODE_VALUES",
     "SOURCES",
     "TORCHVISION_MODES",
     "BenchConfig",
+    "add_device_options",
     "add_model_options",
+    "check_device",
     "comparison_key",
+    "plain_text",
 ]
 
 # Bench mode name -> the model's ``memory_efficient`` argument.
@@ -27,6 +31,9 @@ MODE_VALUES: dict[str, bool | str] = {
 TORCHVISION_MODES: dict[str, bool] = {"tv-naive": False, "tv-checkpoint": True}
 
 SOURCES = ("concatnets", "torchvision")
+
+# --amp name -> torch dtype name, for torch.autocast(device_type, dtype=...).
+AMP_DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,9 @@ class BenchConfig:
         channels_last: Convert the model and the input to the channels-last memory
             format, as a plain PyTorch user can (``model.to(memory_format=...)``); a
             fairer reference for the efficient U-Net, which computes in channels-last.
+        amp: ``bf16`` or ``fp16``: the forward and loss run under
+            ``torch.autocast(device_type, dtype)``; ``None`` is float32. ``fp16`` needs
+            a CUDA device.
     """
 
     model: str
@@ -69,6 +79,7 @@ class BenchConfig:
     source: str = "concatnets"
     builder: str | None = None
     channels_last: bool = False
+    amp: str | None = None
 
     def __post_init__(self) -> None:
         known = MODE_VALUES if self.source == "concatnets" else TORCHVISION_MODES
@@ -83,6 +94,13 @@ class BenchConfig:
             raise ValueError("batch and image_size must be positive integers")
         if self.steps < 1 or self.warmup < 0:
             raise ValueError("steps must be >= 1 and warmup >= 0")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got {self.amp!r}")
+        if self.amp == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError(
+                "amp 'fp16' needs a CUDA device: float16 autocast on a CPU is not how "
+                "models are trained there; use amp 'bf16' on CPU, or device 'cuda'"
+            )
         if not self.label:
             suffix = " (channels-last)" if self.channels_last else ""
             object.__setattr__(self, "label", self.model + suffix)
@@ -119,6 +137,7 @@ def comparison_key(config: BenchConfig) -> tuple[Any, ...]:
         config.image_size,
         config.device,
         config.channels_last,
+        config.amp,
     )
 
 
@@ -144,3 +163,45 @@ def add_model_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
         action="store_true",
         help="model and input in the channels-last memory format, in every mode",
     )
+
+
+def add_device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device`` and ``--amp``: where and in which precision every mode trains.
+
+    They fill :attr:`BenchConfig.device` and :attr:`BenchConfig.amp`.
+    """
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or cuda:N; CUDA timings synchronize the device",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=sorted(AMP_DTYPES),
+        help="train under torch.autocast in bfloat16 or float16 (default: float32); "
+        "fp16 needs --device cuda",
+    )
+
+
+def check_device(device: str, amp: str | None, command: str) -> None:
+    """Exit with a one-line message when ``device`` or ``amp`` cannot run here."""
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise SystemExit(f"{command}: --device {device!r}: use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                f"{command}: --device {device}: no CUDA GPU is visible to torch "
+                f"{torch.__version__} (torch.cuda.is_available() is False); use --device cpu"
+            )
+    if amp == "fp16" and not device.startswith("cuda"):
+        raise SystemExit(
+            f"{command}: --amp fp16 needs --device cuda (float16 autocast is a GPU "
+            "format); on CPU use --amp bf16"
+        )
+
+
+def plain_text(docstring: str | None) -> str:
+    """A reST docstring as ``--help`` text: inline-literal backticks removed."""
+    return (docstring or "").replace("``", "").replace(":mod:", "").replace(":func:", "")

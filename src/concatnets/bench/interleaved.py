@@ -5,6 +5,8 @@ after another (as ``bench memory`` must, one fresh process each) can differ by d
 alone. Here every mode's model lives in one process and the modes take turns, step by
 step, in rotating order: drift then hits all modes alike, and the median ratio to the
 naive mode is the figure. Memory is not measured here (see ``bench memory``).
+On CUDA the device is synchronized before and after every timed step; ``--amp`` runs
+every mode's forward and loss under ``torch.autocast``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ from typing import Any
 
 import torch
 
-from concatnets.bench.config import MODE_VALUES, BenchConfig, add_model_options
+from concatnets.bench.config import (
+    MODE_VALUES,
+    BenchConfig,
+    add_device_options,
+    add_model_options,
+    check_device,
+    plain_text,
+)
 from concatnets.bench.memory import (
     UnsupportedModeError,
     _make_batch,
     _train_step,
+    autocast_for,
     prepare_model,
 )
 
@@ -36,7 +46,8 @@ def measure_interleaved(
     """Median wall and CPU seconds per training step of each mode of ``config.model``.
 
     Args:
-        config: The model, batch, image size, device and threads (its ``mode`` is ignored).
+        config: The model, batch, image size, device, threads and amp (its ``mode`` is
+            ignored).
         modes: Modes to compare; ``naive`` is the reference and is always included.
         rounds: Timed rounds; each round runs one step of every mode.
         warmup: Untimed rounds first.
@@ -66,7 +77,9 @@ def measure_interleaved(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start, cpu_start = time.perf_counter(), time.process_time()
-            _train_step(models[mode], inputs, target, parameters[mode])
+            _train_step(
+                models[mode], inputs, target, parameters[mode], autocast_for(config, device)
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if round_index >= warmup:
@@ -91,6 +104,8 @@ def measure_interleaved(
         "image_size": config.image_size,
         "channels_last": config.channels_last,
         "model_kwargs": config.model_kwargs,
+        "device": str(device),
+        "amp": config.amp,
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "warmup": warmup,
@@ -104,19 +119,35 @@ def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "time",
         help="step time of every mode, interleaved in one process",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  concatnets bench time --model densenet_bc_100 --batch 64 "
-        "--image-size 32 --rounds 5 --threads 1",
+        epilog="examples:\n  concatnets bench time --model densenet_bc_100 --batch 64 "
+        "--image-size 32 --rounds 5 --threads 1\n"
+        "  concatnets bench time --model unet --modes naive,efficient --batch 4 "
+        "--image-size 256 --amp bf16\n"
+        "  concatnets bench time --model densenet121 --batch 32 --image-size 224 "
+        "--device cuda --amp fp16",
     )
     parser.add_argument("--model", required=True, help="registry name, e.g. densenet_bc_100")
-    parser.add_argument("--modes", default="naive,checkpoint,efficient", help="modes to compare")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument(
+        "--modes",
+        default="naive,checkpoint,efficient",
+        help="comma-separated modes to compare, from "
+        f"{','.join(MODE_VALUES)} (default: all); naive is always timed as the reference",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=8, help="batch size of the random batch (default 8)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="side of the square (cubic for 3-D models) random input (default 32)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--device", default="cpu")
+    add_device_options(parser)
     add_model_options(parser)
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     parser.set_defaults(func=run_time)
@@ -124,10 +155,15 @@ def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_time(args: argparse.Namespace) -> int:
+    """Run ``bench time`` from parsed ``args``; print a table; return the exit status."""
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODE_VALUES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown}; use some of {sorted(MODE_VALUES)}")
+        raise SystemExit(
+            f"concatnets bench time: unknown mode(s) {unknown}; use some of "
+            f"{', '.join(MODE_VALUES)}"
+        )
+    check_device(args.device, args.amp, "concatnets bench time")
     config = BenchConfig(
         model=args.model,
         mode="naive",
@@ -137,11 +173,13 @@ def run_time(args: argparse.Namespace) -> int:
         threads=args.threads,
         channels_last=args.channels_last,
         model_kwargs=dict(args.model_args),
+        amp=args.amp,
     )
     result = measure_interleaved(config, modes, args.rounds, args.warmup)
     print(
         f"{result['model']} batch {result['batch']} {result['image_size']}px, "
-        f"{result['threads']} thread(s), {result['rounds']} interleaved rounds"
+        f"{result['threads']} thread(s), {result['rounds']} interleaved rounds, "
+        f"{result['device']}, {result['amp'] or 'float32'}"
         + (", channels-last" if result["channels_last"] else "")
         + "".join(f", {k}={v}" for k, v in sorted(result["model_kwargs"].items()))
     )

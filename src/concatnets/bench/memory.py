@@ -8,11 +8,17 @@ are not billed to a mode. On Linux the high-water mark is reset at the baseline 
 before each step (``/proc/self/clear_refs``), so each step's peak is read on its own;
 elsewhere the construction peak stays in ``ru_maxrss`` and the growth is a lower bound
 (the method used is reported). On CUDA the figure is the growth of
-``torch.cuda.max_memory_allocated`` over ``memory_allocated`` at the same point.
+``torch.cuda.max_memory_allocated`` over ``memory_allocated`` at the same point, and
+``max_memory_reserved`` (what the caching allocator holds) is reported beside it.
+
+After the measured steps one more step runs under a live-tensor counter
+(:mod:`concatnets.bench.live_tensors`): the peak bytes of tensor storage alive at once,
+which no allocator setting changes. That step is neither timed nor in the resident peak.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib
@@ -26,14 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from concatnets._allocator import allocator_setting
 from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
-from concatnets.bench.config import BenchConfig
+from concatnets.bench.config import AMP_DTYPES, BenchConfig
+from concatnets.bench.live_tensors import LiveTensorPeak
 from concatnets.engine.layout import channels_last_format
 
 __all__ = [
     "LEARNING_RATE",
     "PRIMING_BATCH",
     "UnsupportedModeError",
+    "autocast_for",
     "build_model",
     "measure",
     "prepare_model",
@@ -136,7 +145,8 @@ def _make_batch(
         inputs = inputs.contiguous(memory_format=channels_last_format(inputs.dim()))
     # Two samples, not one: batch norm in training mode needs more than one value
     # per channel when the last feature map is 1x1.
-    output_shape = _prime(model, inputs[:PRIMING_BATCH])
+    with autocast_for(config, device):
+        output_shape = _prime(model, inputs[:PRIMING_BATCH])
     target, task = _make_target(torch.Size((config.batch, *output_shape[1:])), device)
     return inputs, target, task
 
@@ -193,7 +203,7 @@ class _CpuTracker:
 
 
 class _CudaTracker:
-    """Peak ``max_memory_allocated`` growth over a baseline taken at construction."""
+    """Peak ``max_memory_allocated`` / ``max_memory_reserved`` growth over a baseline."""
 
     method = "torch.cuda.max_memory_allocated minus baseline memory_allocated"
 
@@ -201,13 +211,25 @@ class _CudaTracker:
         self.device = device
         torch.cuda.synchronize(device)
         self.baseline = torch.cuda.memory_allocated(device)
+        self.reserved_baseline = torch.cuda.memory_reserved(device)
 
     def start_step(self) -> None:
+        torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def step_peak_growth(self) -> int:
         torch.cuda.synchronize(self.device)
         return max(0, torch.cuda.max_memory_allocated(self.device) - self.baseline)
+
+    def step_reserved_growth(self) -> int:
+        return max(0, torch.cuda.max_memory_reserved(self.device) - self.reserved_baseline)
+
+
+def autocast_for(config: BenchConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in the configured dtype, or a no-op for float32."""
+    if config.amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, AMP_DTYPES[config.amp]))
 
 
 def _train_step(
@@ -215,8 +237,11 @@ def _train_step(
     inputs: torch.Tensor,
     target: torch.Tensor,
     parameters: list[nn.Parameter],
+    autocast: contextlib.AbstractContextManager | None = None,
 ) -> float:
-    loss = _loss(model(inputs), target)
+    """Forward and loss (under ``autocast`` when given), backward, SGD update."""
+    with autocast if autocast is not None else contextlib.nullcontext():
+        loss = _loss(model(inputs), target)
     loss.backward()
     with torch.no_grad():
         for parameter in parameters:
@@ -254,6 +279,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
     cpu_times: list[float] = []  # process CPU seconds: robust to other load on a shared host
     cpu_peaks: list[int] = []
     cuda_peaks: list[int] = []
+    cuda_reserved: list[int] = []
     retained: list[int | None] = []
     losses: list[float] = []
     for _ in range(config.warmup + config.steps):
@@ -263,7 +289,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         _synchronize(device)
         start = time.perf_counter()
         cpu_start = time.process_time()
-        losses.append(_train_step(model, inputs, target, parameters))
+        losses.append(_train_step(model, inputs, target, parameters, autocast_for(config, device)))
         _synchronize(device)
         step_times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
@@ -271,6 +297,12 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         retained.append(cpu.retained())
         if cuda is not None:
             cuda_peaks.append(cuda.step_peak_growth())
+
+        if cuda is not None:
+            cuda_reserved.append(cuda.step_reserved_growth())
+
+    with LiveTensorPeak() as live:
+        _train_step(model, inputs, target, parameters, autocast_for(config, device))
 
     timed = step_times[config.warmup :]
     peaks = cuda_peaks if cuda is not None else cpu_peaks
@@ -288,6 +320,10 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         "cpu_rss_baseline_mib": cpu.baseline / _MIB,
         "cpu_rss_peak_growth_mib": max(cpu_peaks) / _MIB,
         "cpu_rss_retained_after_step_mib": [None if b is None else b / _MIB for b in retained],
+        "live_peak_mib": live.peak_bytes / _MIB,
+        "live_method": "peak bytes of tensor storage born in one extra step (TorchDispatchMode)",
+        "cuda_allocated_peak_growth_mib": None if cuda is None else max(cuda_peaks) / _MIB,
+        "cuda_reserved_peak_growth_mib": None if cuda is None else max(cuda_reserved) / _MIB,
         "malloc_trim_before_baseline": trimmed,
         "step_times_s": step_times,
         "median_step_s": statistics.median(timed),
@@ -305,4 +341,6 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         "optimizer": f"SGD update p -= {LEARNING_RATE} * grad, then grad = None",
         "channels_last": config.channels_last,
         "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
+        "allocator_setting": allocator_setting().detail,
+        "amp": config.amp,
     }

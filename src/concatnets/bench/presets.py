@@ -84,6 +84,7 @@ class PlanSettings:
         image_size: Override of every row's input size.
         channels_last: Run every row in the channels-last memory format.
         model_kwargs: Builder arguments added to every row's own (``--model-arg``).
+        amp: ``bf16`` or ``fp16`` autocast for every row; ``None`` is float32.
     """
 
     modes: tuple[str, ...] = tuple(MODE_VALUES)
@@ -95,6 +96,7 @@ class PlanSettings:
     image_size: int | None = None
     channels_last: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    amp: str | None = None
 
 
 def sweep_rows(
@@ -230,6 +232,8 @@ def build_plan(
         suffix = " (channels-last)" if channels_last and not row.channels_last else ""
         if settings.model_kwargs:
             suffix += " " + ",".join(f"{k}={v}" for k, v in sorted(settings.model_kwargs.items()))
+        if settings.amp:
+            suffix += f" {settings.amp}"
         for mode in modes + tv_modes:
             plan.append(
                 BenchConfig(
@@ -247,6 +251,7 @@ def build_plan(
                     depth=row.depth,
                     source="torchvision" if mode in TORCHVISION_MODES else "concatnets",
                     channels_last=channels_last,
+                    amp=settings.amp,
                 )
             )
     return plan

@@ -13,6 +13,7 @@ from concatnets.bench.config import BenchConfig, comparison_key
 from concatnets.bench.fit import fit_power_law
 
 __all__ = [
+    "ALLOCATOR_LABELS",
     "add_ratios",
     "fit_sweeps",
     "markdown_report",
@@ -24,6 +25,20 @@ __all__ = [
 _REFERENCE_MODE = "naive"
 _SWEEP_GROUP = "sweep"
 _DEEP_GROUP = "deep"
+# ratio key -> the figure it divides by the naive row's.
+_RATIO_KEYS = {
+    "memory_ratio": "peak_growth_mib",
+    "live_ratio": "live_peak_mib",
+    "cuda_reserved_ratio": "cuda_reserved_peak_growth_mib",
+    "time_ratio": "median_step_s",
+    "cpu_time_ratio": "median_cpu_step_s",
+}
+# What each allocator environment's resident column is called in the table.
+ALLOCATOR_LABELS = {
+    "user": "resident MiB, user env",
+    "glibc": "resident MiB, glibc defaults",
+    "fixed": "resident MiB, fixed MALLOC_*",
+}
 
 
 def _config(result: Mapping[str, Any]) -> BenchConfig:
@@ -34,10 +49,19 @@ def _ok(result: Mapping[str, Any]) -> bool:
     return result.get("status") == "ok"
 
 
-def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add ``memory_ratio``/``time_ratio`` to the naive row of the same comparison key.
+def _quotient(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
 
-    A ratio is ``None`` when that naive row is missing or failed.
+
+def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ratios to the naive row of the same comparison key.
+
+    ``memory_ratio`` (the primary peak), ``live_ratio`` (live tensors),
+    ``cuda_reserved_ratio``, ``resident_ratios`` (one per allocator environment),
+    ``time_ratio`` and ``cpu_time_ratio``. A ratio is ``None`` when that naive row is
+    missing or failed, or the figure is absent.
     """
     naive = {
         comparison_key(_config(r)): r
@@ -47,22 +71,17 @@ def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for result in results:
         reference = naive.get(comparison_key(_config(result)))
-        memory_ratio = time_ratio = cpu_time_ratio = None
+        ratios: dict[str, Any] = dict.fromkeys(_RATIO_KEYS)
+        ratios["resident_ratios"] = {}
         if _ok(result) and reference is not None:
-            if reference.get("median_cpu_step_s") and "median_cpu_step_s" in result:
-                cpu_time_ratio = result["median_cpu_step_s"] / reference["median_cpu_step_s"]
-            if reference["peak_growth_mib"] > 0:
-                memory_ratio = result["peak_growth_mib"] / reference["peak_growth_mib"]
-            if reference["median_step_s"] > 0:
-                time_ratio = result["median_step_s"] / reference["median_step_s"]
-        out.append(
-            {
-                **result,
-                "memory_ratio": memory_ratio,
-                "time_ratio": time_ratio,
-                "cpu_time_ratio": cpu_time_ratio,
+            for ratio_key, value_key in _RATIO_KEYS.items():
+                ratios[ratio_key] = _quotient(result.get(value_key), reference.get(value_key))
+            reference_resident = reference.get("resident_by_allocator", {})
+            ratios["resident_ratios"] = {
+                name: _quotient(mib, reference_resident.get(name))
+                for name, mib in result.get("resident_by_allocator", {}).items()
             }
-        )
+        out.append({**result, **ratios})
     return out
 
 
@@ -100,25 +119,72 @@ def _input(config: Mapping[str, Any], input_shape: Sequence[int] | None = None) 
     return f"{config['image_size']}x{config['image_size']}"
 
 
+def _mib(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _memory_columns(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, Any]]:
+    """(header, row -> (MiB, ratio)) for every memory figure some result has."""
+    measured = [r for r in results if _ok(r)]
+    columns: list[tuple[str, Any]] = []
+    allocators = list(
+        dict.fromkeys(a for r in measured for a in r.get("resident_by_allocator", {}))
+    )
+    if any(r.get("memory_metric") == "cuda" for r in measured):
+        columns.append(
+            ("CUDA allocated MiB", lambda r: (r["peak_growth_mib"], r.get("memory_ratio")))
+        )
+        columns.append(
+            (
+                "CUDA reserved MiB",
+                lambda r: (r.get("cuda_reserved_peak_growth_mib"), r.get("cuda_reserved_ratio")),
+            )
+        )
+    elif allocators:
+        for name in allocators:
+            columns.append(
+                (
+                    ALLOCATOR_LABELS.get(name, f"resident MiB, {name}"),
+                    lambda r, name=name: (
+                        r.get("resident_by_allocator", {}).get(name),
+                        r.get("resident_ratios", {}).get(name),
+                    ),
+                )
+            )
+    else:
+        columns.append(("peak MiB", lambda r: (r["peak_growth_mib"], r.get("memory_ratio"))))
+    if any("live_peak_mib" in r for r in measured):
+        columns.append(
+            ("live tensors MiB", lambda r: (r.get("live_peak_mib"), r.get("live_ratio")))
+        )
+    return columns
+
+
 def markdown_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """One row per configuration: peak MiB, step time, and their ratios to naive."""
+    """One row per configuration: each memory figure, step time, and their ratios to naive."""
+    columns = _memory_columns(results)
+    memory_head = "".join(f"| {header} | x naive " for header, _ in columns)
     lines = [
-        "| group | model | mode | batch | input | peak MiB | mem x naive "
+        f"| group | model | mode | batch | input {memory_head}"
         "| median step s | time x naive | min step s | cpu time x naive |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---|" + "---:|---:|" * len(columns) + "---:|---:|---:|---:|",
     ]
     for r in results:
         c = r["config"]
         size = _input(c, r.get("input_shape"))
         head = f"| {c['group']} | {c['label']} | {c['mode']} | {c['batch']} | {size} "
         if _ok(r):
+            memory = ""
+            for _, figure in columns:
+                mib, ratio = figure(r)
+                memory += f"| {_mib(mib)} | {_ratio(ratio)} "
             lines.append(
-                f"{head}| {r['peak_growth_mib']:.1f} | {_ratio(r.get('memory_ratio'))} "
+                f"{head}{memory}"
                 f"| {r['median_step_s']:.3f} | {_ratio(r.get('time_ratio'))} "
                 f"| {r['min_step_s']:.3f} | {_ratio(r.get('cpu_time_ratio'))} |"
             )
         else:
-            lines.append(f"{head}| {r['status']} | | | | | |")
+            lines.append(f"{head}| {r['status']} |" + " |" * (2 * len(columns) + 3))
     return "\n".join(lines)
 
 
@@ -146,10 +212,21 @@ def _fit_table(fits: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _allocator_names(settings: Mapping[str, Any]) -> list[str]:
+    names = settings.get("allocator") or ["user"]
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _precision(amp: str | None) -> str:
+    return "float32" if not amp else f"torch.autocast, {amp} (forward and loss)"
+
+
 def markdown_report(payload: Mapping[str, Any]) -> str:
     """The whole ``results.md``: command, environment, table, fits and failures."""
     env = payload["environment"]
-    allocator = ", ".join(f"{k}={v}" for k, v in env["allocator_env"].items()) or "system"
+    allocator = ", ".join(f"{k}={v}" for k, v in env["allocator_env"].items()) or "no MALLOC_*"
+    measured = next((r for r in payload["results"] if _ok(r)), {})
+    settings = payload.get("settings", {})
     parts = [
         "# concatnets bench memory",
         "",
@@ -159,10 +236,13 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"device: {env['device']} ({env.get('device_name')})",
         f"- torch {env['torch_version']}, {env['torch_threads']} threads; "
         f"python {env['python']}; {env['libc']}",
-        f"- allocator: {allocator}",
+        f"- allocator ({', '.join(_allocator_names(settings))}): {allocator}; "
+        f"import concatnets: {measured.get('allocator_setting', 'unknown')}",
+        f"- precision: {_precision(settings.get('amp'))}",
         f"- memory: {env.get('memory_method')}; peak over warm-up and timed steps; "
         f"baseline taken after model, data and a priming {env.get('priming')}",
         f"- step: forward, loss, backward, {env.get('optimizer')}",
+        f"- live tensors: {measured.get('live_method', 'not measured')}",
         f"- torchvision: {payload['torchvision']['detail']}"
         + ("" if payload["torchvision"]["used"] else " (no torchvision rows)"),
         "",

@@ -1,7 +1,8 @@
 """Run each configuration in a fresh child process and collect its result.
 
 A fresh process per configuration keeps the CPU high-water mark of one run out of
-the next. Every child gets the same environment, allocator settings included.
+the next. Every child of one run gets the same environment, allocator settings included;
+by default that is the user's own (``user``), so a child does what a user's script does.
 """
 
 from __future__ import annotations
@@ -27,27 +28,34 @@ __all__ = [
     "run_configs",
 ]
 
-# glibc malloc settings shared by every mode. Fixing the mmap threshold turns off
-# glibc's dynamic threshold, which otherwise rises after the first large free and then
-# keeps freed tensors in the heap (resident) for some modes and not others. The trim
-# threshold is glibc's own default pairing (twice the mmap threshold).
+# The C-allocator environment of every child, by name:
+# - user: the environment as the user has it; ``import concatnets`` pins glibc's mmap
+#   threshold (concatnets._allocator), exactly as in a user's own script.
+# - glibc: the same without that setting (CONCATNETS_MALLOC=system): glibc's dynamic
+#   mmap threshold, which rises after the first large free and keeps later freed
+#   tensors in the heap, more for some modes than others.
+# - fixed: the MALLOC_* settings earlier benchmarks used for every mode. The trim
+#   threshold is glibc's own default pairing (twice the mmap threshold).
 ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
+    "user": {},
+    "glibc": {"CONCATNETS_MALLOC": "system"},
     "fixed": {
         "MALLOC_ARENA_MAX": "2",
         "MALLOC_MMAP_THRESHOLD_": "131072",
         "MALLOC_TRIM_THRESHOLD_": "262144",
     },
-    "system": {},
 }
 
 _STDERR_TAIL_CHARS = 4000
 _CHILD_MODULE = "concatnets.bench._child"
 
 
-def child_environment(allocator: str = "fixed") -> dict[str, str]:
+def child_environment(allocator: str = "user") -> dict[str, str]:
     """The environment every child runs in: ours, plus the chosen allocator settings."""
     if allocator not in ALLOCATOR_SETTINGS:
-        raise ValueError(f"allocator must be one of {sorted(ALLOCATOR_SETTINGS)}")
+        raise ValueError(
+            f"allocator {allocator!r} is unknown: choose from {', '.join(ALLOCATOR_SETTINGS)}"
+        )
     return {**os.environ, **ALLOCATOR_SETTINGS[allocator]}
 
 
