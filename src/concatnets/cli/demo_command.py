@@ -95,9 +95,9 @@ def _print_memory(rows: list[dict[str, Any]], batch: int, image_size: int) -> No
     metric = rows[0].get("memory_metric") or "memory"
     print(
         f"memory of one training step, unet_small, batch {batch}, {image_size}x{image_size}: "
-        f"growth of the peak over the process's baseline before the step ({metric}), "
-        "measured in a fresh process per mode; the training log's figure above is the whole "
-        "process's peak instead"
+        f"growth of the peak over the process's baseline before the step ({metric}),\n"
+        "  measured in a fresh process per mode (the training log's figure above is the whole "
+        "process's peak instead):"
     )
     for row in rows:
         if row["status"] != "ok":

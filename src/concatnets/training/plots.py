@@ -165,6 +165,12 @@ def _text_size(font: Any, text: str) -> tuple[int, int]:
     return right - left, bottom - top
 
 
+def _draw_text(draw: Any, left: int, middle: int, text: str, font: Any) -> None:
+    """Draw ``text`` with its ink vertically centred on ``middle``."""
+    _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((left, middle - (top + bottom) // 2), text, fill=(0, 0, 0), font=font)
+
+
 def _font_size(picture: Image.Image) -> int:
     return int(np.clip(picture.height // 16, 12, 48))
 
@@ -177,9 +183,9 @@ def _label(picture: Image.Image, titles: Sequence[str], part: int, gap: int) -> 
     labelled.paste(picture, (0, strip))
     draw = ImageDraw.Draw(labelled)
     for index, title in enumerate(titles):
-        text_width, text_height = _text_size(font, title)
+        text_width = _text_size(font, title)[0]
         left = index * (part + gap) + max(0, (part - text_width) // 2)
-        draw.text((left, (strip - text_height) // 2), title, fill=(0, 0, 0), font=font)
+        _draw_text(draw, left, strip // 2, title, font)
     return labelled
 
 
@@ -217,8 +223,7 @@ def _add_legend(picture: Image.Image, names: Sequence[str]) -> Image.Image:
                     outline=(0, 0, 0),
                 )
                 left += line
-            text_height = _text_size(font, text)[1]
-            draw.text((left, top + (line - text_height) // 2), text, fill=(0, 0, 0), font=font)
+            _draw_text(draw, left, top + line // 2, text, font)
     return legend
 
 
