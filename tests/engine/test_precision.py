@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from concatnets.engine import NormActPart, dense_block, norm_act_conv, norm_stats
+from concatnets.engine import NormActPart, block_buffer, dense_block, norm_act_conv, norm_stats
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.precision import autocast_dtype, in_engine_precision, stats_dtype
 from concatnets.engine.stats import batch_moments
@@ -99,9 +99,12 @@ def saved_activations(run) -> list[Tensor]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("device", "dtype"), DEVICES)
 @pytest.mark.parametrize("policy", ["keep", "recompute"])
+@pytest.mark.parametrize("chunks", ["one-chunk", "many-chunks"])
 def test_dense_block_stores_reduced_tensors_and_float32_statistics(
-    device: str, dtype: torch.dtype, policy: str
+    device: str, dtype: torch.dtype, policy: str, chunks: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if chunks == "many-chunks":  # each layer's input read a bottleneck's width at a time
+        monkeypatch.setattr(block_buffer, "_CHUNK_ELEMENTS", 1)
     block = make_block(2, device)
     x = torch.randn(3, 6, 8, 8, device=device, requires_grad=True)
     with torch.autocast(device, dtype):

@@ -216,3 +216,26 @@ def test_gradients_of_a_float16_cpu_step_match_the_naive_model() -> None:
     engine = errors(Step(make(True), x, "cpu", torch.float16), reference)
     for quantity, error in engine.items():
         assert error <= 2 * naive[quantity] + 2.0**-11, (quantity, error, naive)
+
+
+@pytest.mark.parametrize("case", ["densenet2d", "unet2d-batch", "unet2d-group"])
+def test_inference_under_autocast_matches_the_naive_model(case: str) -> None:
+    """Eval mode (running statistics, no autograd): outputs in bf16, as accurate as naive."""
+    make, shape = CASES[case]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    trained = make(False).double()
+    with torch.no_grad():  # running statistics of a few batches, as after some training
+        for seed in range(3):
+            trained(torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).double())
+    state = trained.state_dict()
+    models = {"reference": make(False).double(), "naive": make(False), "engine": make(True)}
+    for model in models.values():
+        model.load_state_dict(state)
+        model.eval()
+    with torch.no_grad():
+        reference = models["reference"](x.double())
+        with torch.autocast("cpu", torch.bfloat16):
+            naive, engine = models["naive"](x), models["engine"](x)
+    assert naive.dtype == engine.dtype == torch.bfloat16
+    naive_error = relative_error([naive], [reference])
+    assert relative_error([engine], [reference]) <= 2 * naive_error + 2.0**-8
