@@ -246,3 +246,15 @@ def test_predicted_probabilities_are_the_softmax_of_the_model_as_trained(class_t
         -np.log(float(by_name[data.names[i]][f"p_{data.class_names[data.labels[i]]}"])) for i in val
     ]
     assert np.mean(losses) == pytest.approx(best["metrics"]["val_loss"], rel=1e-4)
+
+
+def test_overlays_of_large_images_are_downscaled(segmentation_run, tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (1100, 40), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "tall.png")
+    output = tmp_path / "out"
+    args = ["predict", str(segmentation_run), str(tmp_path / "tall.png"), "--output", str(output)]
+    assert main([*args, "--format", "png,npy", "--device", "cpu", "--no-progress"]) == 0
+    assert read_mask(output / "masks" / "tall.png").shape == (1100, 40)  # masks keep full size
+    assert np.load(output / "masks" / "tall.npy").dtype == np.int64
+    _, height = Image.open(output / "overlays" / "tall.png").size
+    assert height == 550  # shrunk by 2 to fit 1024, not 1100 high

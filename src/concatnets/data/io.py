@@ -227,7 +227,7 @@ def probe_image(path: Path) -> ImageInfo:
     return ImageInfo(shape[0], shape[1], channels)
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def _read_raw(path: Path, mmap: bool = False) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(
             f"{path}: unsupported file type {path.suffix!r}; "
@@ -235,6 +235,8 @@ def _read_raw(path: Path) -> np.ndarray:
         )
     try:
         if path.suffix.lower() == ".npy":
+            if mmap:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
             return np.asarray(np.load(path, allow_pickle=False))
         with _open_pillow(path) as image:
             image.load()
@@ -253,7 +255,7 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, mmap: bool = False) -> np.ndarray:
     """Read an input image as ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour).
 
     Palette images become RGB, alpha channels are dropped and single-channel 3-D
@@ -262,6 +264,8 @@ def read_image(path: Path) -> np.ndarray:
 
     Args:
         path: A PNG, JPEG, TIFF or ``.npy`` file.
+        mmap: Map a ``.npy`` file read-only instead of loading it, so that only the
+            parts used are read (tiled prediction of large arrays).
     """
     path = Path(path)
     if path.suffix.lower() != ".npy":
@@ -278,7 +282,7 @@ def read_image(path: Path) -> np.ndarray:
         except _DECODE_ERRORS as exc:
             raise _unreadable(path, exc) from exc
     else:
-        array = _read_raw(path)
+        array = _read_raw(path, mmap)
     _channels_of_array(array, path)
     if array_spatial_dims(array.shape) == 3:
         return array[..., 0] if array.ndim == 4 and array.shape[-1] == 1 else array
