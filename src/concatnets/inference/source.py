@@ -20,7 +20,7 @@ from concatnets.inference.tiling import TensorSource, TileSource
 __all__ = ["ImageSource", "image_source"]
 
 _STREAMED_NORMALIZATIONS = ("image", "unit")
-_BAND_VALUES = 1 << 22  # values converted at once while gathering statistics
+_BAND_VALUES = 1 << 20  # values converted at once while gathering statistics (~20 MB)
 _EPSILON = 1e-6  # as concatnets.data.transforms.normalize_image
 
 
