@@ -246,3 +246,41 @@ def test_predicted_probabilities_are_the_softmax_of_the_model_as_trained(class_t
         -np.log(float(by_name[data.names[i]][f"p_{data.class_names[data.labels[i]]}"])) for i in val
     ]
     assert np.mean(losses) == pytest.approx(best["metrics"]["val_loss"], rel=1e-4)
+
+
+def test_overlays_of_large_images_are_downscaled(segmentation_run, tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (1100, 40), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "tall.png")
+    output = tmp_path / "out"
+    args = ["predict", str(segmentation_run), str(tmp_path / "tall.png"), "--output", str(output)]
+    assert main([*args, "--format", "png,npy", "--device", "cpu", "--no-progress"]) == 0
+    assert read_mask(output / "masks" / "tall.png").shape == (1100, 40)  # masks keep full size
+    assert np.load(output / "masks" / "tall.npy").dtype == np.int64
+    _, height = Image.open(output / "overlays" / "tall.png").size
+    assert height == 550  # shrunk by 2 to fit 1024, not 1100 high
+
+
+@pytest.mark.parametrize("tile_size", [512, 64])
+def test_streamed_mask_equals_the_argmax_of_the_whole_logits(segmentation_run, tile_size):
+    from concatnets.cli.predict_command import predict_logits, predict_mask
+    from concatnets.training.loading import load_trained_model
+
+    trained = load_trained_model(segmentation_run)
+    image, _ = make_cells(1, 100, seed=7)
+    logits = predict_logits(trained, image[0], tile_size=tile_size)
+    mask = predict_mask(trained, image[0], tile_size=tile_size)
+    assert mask.dtype == np.uint8 and mask.shape == (100, 100)
+    assert (mask == logits.argmax(0).numpy()).mean() > 0.999  # ties may flip a pixel
+
+
+def test_predict_with_a_resize_trained_model_gives_masks_of_the_input_size(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--model", "unet_small", "--model-arg", "features=4", "--model-arg", "depth=2"]
+    args += ["--data", "builtin:cells", "--num-images", "6", "--image-size", "32", *FAST]
+    assert main([*args, "--size-policy", "resize", "--patch-size", "32", "--output", str(run)]) == 0
+    image, _ = make_cells(1, 48, seed=2)
+    Image.fromarray(image[0]).save(tmp_path / "other.png")
+    output = tmp_path / "out"
+    args = ["predict", str(run), str(tmp_path / "other.png"), "--output", str(output)]
+    assert main([*args, "--device", "cpu", "--no-progress"]) == 0
+    assert read_mask(output / "masks" / "other.png").shape == (48, 48)

@@ -20,7 +20,6 @@ from concatnets.data.io import (
     is_image_file,
     probe_image,
     read_image,
-    to_float_image,
     write_mask_png,
 )
 from concatnets.data.notices import channel_conversion_notice, notice
@@ -29,11 +28,14 @@ from concatnets.inference.mask_encoding import (
     describe_table,
     stored_value_table,
 )
+from concatnets.inference.preview import preview_pair
+from concatnets.inference.source import image_source
+from concatnets.inference.streaming import class_dtype, predict_classes
 from concatnets.training.dimensions import dims_mismatch_message
 from concatnets.training.loading import TrainedModel, load_trained_model
 from concatnets.training.plots import save_overlay_panel
 
-__all__ = ["add_parser", "predict_logits", "run", "tile_size_for"]
+__all__ = ["add_parser", "predict_logits", "predict_mask", "run", "tile_size_for"]
 
 _FORMATS = ("png", "npy")
 _DEFAULT_TILE_SIZE = {2: 512, 3: 96}  # a 96^3 tile holds about as many voxels as 940^2 pixels
@@ -121,6 +123,41 @@ def predict_logits(
     return logits[0]
 
 
+def predict_mask(
+    trained: TrainedModel,
+    image: np.ndarray,
+    *,
+    tile_size: int,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> np.ndarray:
+    """Predicted classes of one stored segmentation image, ``(H, W)`` (or ``(D, H, W)``).
+
+    As :func:`predict_logits` followed by an argmax, but streamed: the image is converted
+    region by region (:class:`concatnets.inference.source.ImageSource`) and each band of
+    tiles is reduced to classes at once, so memory is bounded by the tile and the image's
+    width, not its area. Models trained with the ``resize`` size policy see the image
+    resized as in training (small), through :func:`predict_logits`.
+    """
+    saved_policy = trained.metadata.get("size_policy") or {}
+    if saved_policy.get("mode") == "resize":
+        logits = predict_logits(trained, image, tile_size=tile_size, overlap=overlap)
+        return logits.argmax(0).numpy().astype(class_dtype(logits.shape[0]))
+    model = trained.model
+    source = image_source(image, trained.in_channels, trained.normalization, trained.spatial_dims)
+    valid = getattr(model, "padding", "same") == "valid"
+    tiled = valid or max(source.spatial) > tile_size
+    return predict_classes(
+        model,
+        source,
+        tile_size=tile_size_for(model, tile_size) if tiled else None,
+        overlap=None if valid else overlap,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
 def _unique_stems(files: list[Path]) -> list[str]:
     seen: set[str] = set()
     stems = []
@@ -200,7 +237,18 @@ def _write_mask(
     if "png" in formats and mask.ndim == 2:
         write_mask_png(output / "masks" / f"{stem}.png", png_table[mask])
     if "npy" in formats or mask.ndim == 3:
-        np.save(output / "masks" / f"{stem}.npy", npy_table[mask].astype(np.int64))
+        _save_npy_in_bands(output / "masks" / f"{stem}.npy", mask, npy_table)
+
+
+def _save_npy_in_bands(path: Path, mask: np.ndarray, table: np.ndarray) -> None:
+    """``np.save(path, table[mask].astype(np.int64))`` a band of rows at a time, so the
+    int64 array (8 bytes per pixel) is never held whole."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=mask.shape)
+    rows = max(1, (1 << 20) // max(1, int(np.prod(mask.shape[1:]))))
+    for first in range(0, mask.shape[0], rows):
+        out[first : first + rows] = table[mask[first : first + rows]]
+    out.flush()
+    del out
 
 
 def _mask_tables(
@@ -242,27 +290,24 @@ def run(args: argparse.Namespace) -> int:
         desc="predict",
         disable=None if args.progress and len(files) > 1 else True,  # None: on a terminal
     ):
-        image = read_image(path)
-        logits = predict_logits(
-            trained,
-            image,
-            tile_size=tile_size,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-        )
+        image = read_image(path, mmap=True)
         if trained.task == "classification":
+            logits = predict_logits(trained, image, tile_size=tile_size)
             probabilities = logits.softmax(0).tolist()
             best = max(range(len(probabilities)), key=probabilities.__getitem__)
             rows.append((str(path), best, probabilities))
             continue
+        mask = predict_mask(
+            trained, image, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size
+        )
         tiled += max(image.shape[: trained.spatial_dims]) > tile_size
-        mask = logits.argmax(0).numpy()
         _write_mask(output, stem, mask, formats, tables)
         if args.overlay:
-            shown = to_float_image(image, 3) if volumes else image
+            shown, shown_mask = preview_pair(image, mask)
             save_overlay_panel(
-                output / "overlays" / f"{stem}.png", shown, mask, len(trained.class_names)
+                output / "overlays" / f"{stem}.png", shown, shown_mask, len(trained.class_names)
             )
+        del image, mask
     if trained.task == "classification":
         with (output / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

@@ -14,6 +14,8 @@ about 179 megapixels) are refused before any pixel is decoded, with a one-line e
 naming the file, its size, the limit and how to raise it: the environment variable
 ``CONCATNETS_MAX_IMAGE_PIXELS`` (a pixel count, or ``0`` for no limit). This guards
 against decompression bombs, e.g. a small 1-bit PNG that decodes to 30000 x 30000 pixels.
+Uncompressed TIFFs above the limit (or that Pillow cannot open, e.g. BigTIFF) are
+memory-mapped through the optional ``tifffile`` package instead, when it is installed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,6 +52,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", "
 MAX_VOLUME_CHANNELS = 16
 """Most channels a ``(D, H, W, C)`` volume may have (more looks like channels first)."""
 _IMAGE_CHANNEL_COUNTS = (1, 3, 4)
+_TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_IMAGE_PIXELS_ENV = "CONCATNETS_MAX_IMAGE_PIXELS"
 """Environment variable raising (or, with ``0``, lifting) the pixel limit of images."""
 # What Pillow and numpy raise for files they cannot decode.
@@ -95,12 +99,48 @@ def max_image_pixels() -> int | None:
     return value or None
 
 
+def _tifffile() -> Any:
+    """The optional ``tifffile`` module, or ``None`` when it is not installed."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    return tifffile
+
+
+def _tiff_hint(path: Path) -> str:
+    if path.suffix.lower() not in _TIFF_SUFFIXES:
+        return ""
+    if _tifffile() is None:
+        return "; or install tifffile (pip install tifffile) to memory-map uncompressed TIFFs"
+    return "; or save it as an uncompressed TIFF, which is memory-mapped at any size"
+
+
 def _too_many_pixels(path: Path, width: int, height: int, limit: int) -> PixelLimitError:
     return PixelLimitError(
         f"{path}: {width} x {height} = {width * height:,} pixels is above the limit of "
         f"{limit:,} pixels that guards against decompression bombs; if you trust the file, "
         f"raise it, e.g. {MAX_IMAGE_PIXELS_ENV}={width * height} (0 for no limit)"
+        + _tiff_hint(path)
     )
+
+
+def _tiff_memmap(path: Path) -> np.ndarray | None:
+    """An uncompressed TIFF's image memory-mapped by the optional ``tifffile``, else ``None``.
+
+    Its pixels are the file's bytes, so it cannot be a decompression bomb and is read
+    only where used (a tile at a time in ``predict``), whatever its size.
+    """
+    tifffile = _tifffile()
+    if tifffile is None or path.suffix.lower() not in _TIFF_SUFFIXES:
+        return None
+    try:
+        array = tifffile.memmap(path, mode="r")
+    except (*_DECODE_ERRORS, TypeError, KeyError):  # compressed or not contiguous
+        return None
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in _IMAGE_CHANNEL_COUNTS):
+        return array
+    return None
 
 
 @contextlib.contextmanager
@@ -216,10 +256,13 @@ def probe_image(path: Path) -> ImageInfo:
                 colour = image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
                 image.verify()
             return ImageInfo(height, width, 3 if colour else 1)
-    except PixelLimitError:
-        raise
-    except _DECODE_ERRORS as exc:
-        raise _unreadable(path, exc) from exc
+    except (PixelLimitError, *_DECODE_ERRORS) as exc:
+        mapped = _tiff_memmap(path)
+        if mapped is None and isinstance(exc, PixelLimitError):
+            raise
+        if mapped is None:
+            raise _unreadable(path, exc) from exc
+        array = mapped
     channels = _channels_of_array(array, path)
     shape = tuple(int(v) for v in array.shape)
     if array_spatial_dims(shape) == 3:
@@ -227,7 +270,7 @@ def probe_image(path: Path) -> ImageInfo:
     return ImageInfo(shape[0], shape[1], channels)
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def _read_raw(path: Path, mmap: bool = False) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(
             f"{path}: unsupported file type {path.suffix!r}; "
@@ -235,6 +278,8 @@ def _read_raw(path: Path) -> np.ndarray:
         )
     try:
         if path.suffix.lower() == ".npy":
+            if mmap:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
             return np.asarray(np.load(path, allow_pickle=False))
         with _open_pillow(path) as image:
             image.load()
@@ -253,7 +298,7 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, mmap: bool = False) -> np.ndarray:
     """Read an input image as ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour).
 
     Palette images become RGB, alpha channels are dropped and single-channel 3-D
@@ -262,6 +307,8 @@ def read_image(path: Path) -> np.ndarray:
 
     Args:
         path: A PNG, JPEG, TIFF or ``.npy`` file.
+        mmap: Map a ``.npy`` file read-only instead of loading it, so that only the
+            parts used are read (tiled prediction of large arrays).
     """
     path = Path(path)
     if path.suffix.lower() != ".npy":
@@ -273,12 +320,15 @@ def read_image(path: Path) -> np.ndarray:
                 elif image.mode in ("LA", "PA"):
                     image = image.convert("L")
                 array = _pil_to_array(image)
-        except PixelLimitError:
-            raise
-        except _DECODE_ERRORS as exc:
-            raise _unreadable(path, exc) from exc
+        except (PixelLimitError, *_DECODE_ERRORS) as exc:
+            mapped = _tiff_memmap(path)
+            if mapped is None and isinstance(exc, PixelLimitError):
+                raise
+            if mapped is None:
+                raise _unreadable(path, exc) from exc
+            array = mapped
     else:
-        array = _read_raw(path)
+        array = _read_raw(path, mmap)
     _channels_of_array(array, path)
     if array_spatial_dims(array.shape) == 3:
         return array[..., 0] if array.ndim == 4 and array.shape[-1] == 1 else array

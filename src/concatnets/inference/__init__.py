@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from concatnets.inference.tiling import predict_tiled
+from concatnets.inference.tiling import TensorSource, TileSource, iter_tiled_logits, predict_tiled
 
-__all__ = ["predict_tiled"]
+__all__ = ["TensorSource", "TileSource", "iter_tiled_logits", "predict_tiled"]

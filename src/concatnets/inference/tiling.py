@@ -13,6 +13,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from concatnets.models.unet import (
     unet_valid_margin,
 )
 
-__all__ = ["predict_tiled"]
+__all__ = ["TensorSource", "TileSource", "iter_tiled_logits", "predict_tiled"]
 
 _BLENDS = ("gaussian", "linear", "constant")
 # nnU-Net (Isensee et al. 2021) weights tiles with a Gaussian of sigma = tile / 8.
@@ -107,10 +108,9 @@ def _plan_same_axis(size: int, tile: int, overlap: int, align: int, dim: int) ->
     return _AxisPlan(0, padded - size, tile, starts, tile, padded)
 
 
-def _mirror_indices(size: int, before: int, after: int) -> Tensor:
+def _reflect(positions: Tensor, size: int) -> Tensor:
     """Indices of a reflection (edge pixel not repeated) that may exceed the size itself,
     by reflecting again at each border (period 2 * (size - 1))."""
-    positions = torch.arange(-before, size + after)
     if size == 1:
         return torch.zeros_like(positions)
     period = 2 * (size - 1)
@@ -118,17 +118,65 @@ def _mirror_indices(size: int, before: int, after: int) -> Tensor:
     return torch.where(folded < size, folded, period - folded)
 
 
-def _mirror_pad(image: Tensor, plans: Sequence[_AxisPlan]) -> Tensor:
-    for axis, plan in enumerate(plans, start=2):
-        if plan.pad_before or plan.pad_after:
-            index = _mirror_indices(image.shape[axis], plan.pad_before, plan.pad_after)
-            image = image.index_select(axis, index.to(image.device))
-    return image
+class TileSource(Protocol):
+    """A ``(C, *spatial)`` model input read one region at a time.
+
+    Lets :func:`iter_tiled_logits` predict images that are never held whole as float
+    tensors: a region is converted and normalized only when a tile needs it.
+    """
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """The image's spatial size."""
+        ...
+
+    def read(self, region: tuple[slice, ...]) -> Tensor:
+        """The ``(C, *region)`` model input of an in-bounds region (one slice per axis)."""
+        ...
 
 
-def _zero_pad(image: Tensor, plans: Sequence[_AxisPlan]) -> Tensor:
-    pads = [amount for p in reversed(plans) for amount in (p.pad_before, p.pad_after)]
-    return F.pad(image, pads) if any(pads) else image
+class TensorSource:
+    """A :class:`TileSource` over a ``(C, *spatial)`` tensor already normalized."""
+
+    def __init__(self, image: Tensor) -> None:
+        self.image = image
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.image.shape[1:])
+
+    def read(self, region: tuple[slice, ...]) -> Tensor:
+        return self.image[(slice(None), *region)]
+
+
+def _read_tile(
+    source: TileSource, plans: Sequence[_AxisPlan], origin: Sequence[int], valid: bool
+) -> Tensor:
+    """Tile ``origin`` of the padded image: mirrored past the border for valid models (the
+    paper's Fig. 2), zeros for same-padding ones (as the model pads internally)."""
+    spatial = source.spatial
+    if valid:
+        indices = [
+            _reflect(torch.arange(o - p.pad_before, o - p.pad_before + p.tile), size)
+            for o, p, size in zip(origin, plans, spatial, strict=True)
+        ]
+        lows = [int(i.min()) for i in indices]
+        region = tuple(slice(lo, int(i.max()) + 1) for lo, i in zip(lows, indices, strict=True))
+        tile = source.read(region)
+        for axis, (index, low) in enumerate(zip(indices, lows, strict=True), start=1):
+            if len(index) != tile.shape[axis] or int(index[0]) != low or index.diff().ne(1).any():
+                tile = tile.index_select(axis, (index - low).to(tile.device))
+        return tile
+    region = tuple(
+        slice(o, min(o + p.tile, size)) for o, p, size in zip(origin, plans, spatial, strict=True)
+    )
+    tile = source.read(region)
+    pads = [
+        amount
+        for r, p in reversed(list(zip(region, plans, strict=True)))
+        for amount in (0, p.tile - (r.stop - r.start))
+    ]
+    return F.pad(tile, pads) if any(pads) else tile
 
 
 def _axis_weights(length: int, blend: str) -> Tensor:
@@ -151,12 +199,151 @@ def _tile_weights(lengths: Sequence[int], blend: str) -> Tensor:
     return weights.float()  # (*tile)
 
 
-_Job = tuple[int, tuple[int, ...]]  # (image index, tile origin in the padded image)
+def _plans_for(
+    model: nn.Module,
+    spatial: tuple[int, ...],
+    tile_size: int | Sequence[int],
+    overlap: int | Sequence[int] | None,
+) -> tuple[list[_AxisPlan], bool]:
+    """How each axis is tiled, and whether the model is a valid-padding U-Net."""
+    tiles = _per_axis(tile_size, len(spatial), "tile_size")
+    depth = int(getattr(model, "depth", 0))
+    if getattr(model, "padding", "same") == "valid":
+        if overlap is not None:
+            raise ValueError(
+                "overlap must be None for a valid-padding model: its tiles overlap by "
+                f"exactly the network border ({2 * unet_valid_margin(depth)} pixels); "
+                "choose tile_size instead"
+            )
+        check_valid_input_size(tiles, depth)
+        plans = [
+            _plan_valid_axis(s, t, depth, dim)
+            for dim, (s, t) in enumerate(zip(spatial, tiles, strict=True))
+        ]
+        return plans, True
+    overlaps = _per_axis(
+        [t // 4 for t in tiles] if overlap is None else overlap, len(spatial), "overlap"
+    )
+    plans = [
+        _plan_same_axis(s, t, o, 2**depth, dim)
+        for dim, (s, t, o) in enumerate(zip(spatial, tiles, overlaps, strict=True))
+    ]
+    return plans, False
 
 
-def _chunks(items: list[_Job], size: int) -> Iterator[list[_Job]]:
+def _chunks(items: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int, ...]]]:
     for first in range(0, len(items), size):
         yield items[first : first + size]
+
+
+class _Band:
+    """Weighted sums of tile logits over the rows (first spatial axis) that tiles still
+    write to: ``rows`` result rows from ``start``, full width on the other axes."""
+
+    def __init__(self, classes: int, rows: int, rest: Sequence[int], like: Tensor) -> None:
+        self.start = 0
+        self.sums = like.new_zeros((classes, rows, *rest))
+        self.weights = like.new_zeros((1, rows, *rest))
+
+    def add(self, origin: Sequence[int], logits: Tensor, weights: Tensor) -> None:
+        """Add a kept ``(K, *keep)`` output tile whose result origin is ``origin``."""
+        region = (origin[0] - self.start, *origin[1:])
+        window = _window(region, logits.shape[1:])
+        self.sums[(slice(None), *window)] += weights * logits
+        self.weights[(slice(None), *window)] += weights
+
+    def finish(self, rows: int) -> Tensor:
+        """The blended logits of the first ``rows`` rows; the band moves on by ``rows``."""
+        rows = min(rows, self.sums.shape[1])
+        done = self.sums[:, :rows] / self.weights[:, :rows]
+        kept = self.sums.shape[1] - rows
+        for buffer in (self.sums, self.weights):
+            buffer[:, :kept] = buffer[:, rows:].clone()
+            buffer[:, kept:] = 0
+        self.start += rows
+        return done
+
+
+def iter_tiled_logits(
+    model: nn.Module,
+    source: TileSource,
+    *,
+    tile_size: int | Sequence[int],
+    overlap: int | Sequence[int] | None = None,
+    batch_size: int = 4,
+    progress: bool = False,
+    blend: str = "gaussian",
+) -> Iterator[tuple[int, Tensor]]:
+    """Logits of one image, tile by tile, as bands of finished rows (first spatial axis).
+
+    The tiling is that of :func:`predict_tiled`; only the rows that tiles still write to
+    are held (one tile high, the image wide), so memory is bounded by the tile and the
+    image's width, not its area. Consume each band as it comes, e.g. take its argmax.
+
+    Args:
+        model: As for :func:`predict_tiled`.
+        source: The normalized ``(C, *spatial)`` input, read region by region.
+        tile_size: As for :func:`predict_tiled`.
+        overlap: As for :func:`predict_tiled`.
+        batch_size: Tiles per forward pass.
+        progress: Show a tqdm progress bar over batches (when stderr is a terminal).
+        blend: As for :func:`predict_tiled`.
+
+    Yields:
+        ``(first_row, logits)`` with logits ``(num_classes, rows, *spatial[1:])`` on the
+        CPU; the bands follow each other and cover the image.
+    """
+    if blend not in _BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(map(repr, _BLENDS))}, got {blend!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spatial = tuple(source.spatial)
+    plans, valid = _plans_for(model, spatial, tile_size, overlap)
+    depth = int(getattr(model, "depth", 0))
+    tile_lengths = [p.tile for p in plans]
+    keep_lengths = [p.keep for p in plans]
+    margin = unet_valid_margin(depth) if valid else 0
+    expected_output = tuple(t - 2 * margin for t in tile_lengths)
+    # Valid tiles do not overlap: weight one, so the blend is the tile's own output.
+    weights = _tile_weights(keep_lengths, "constant" if valid else blend)
+    model_device = next(iter(model.parameters()), torch.empty(0)).device
+    kept = (slice(None), *(slice(0, n) for n in keep_lengths))
+    rows = plans[0].starts
+    total = sum(math.ceil(len(list(_row_jobs(r, plans))) / batch_size) for r in rows)
+    bar = tqdm(total=total, desc="tiles", disable=None if progress else True)
+    band: _Band | None = None
+    emitted = 0
+    with torch.no_grad(), bar:
+        for row_start in rows:
+            if band is not None and row_start > band.start:
+                yield from _emit(band.finish(row_start - band.start), emitted, spatial)
+                emitted = band.start
+            for batch in _chunks(list(_row_jobs(row_start, plans)), batch_size):
+                tiles = [_read_tile(source, plans, origin, valid) for origin in batch]
+                logits = model(torch.stack(tiles).to(model_device)).float().cpu()
+                _check_tile_output(logits, tile_lengths, expected_output, valid)
+                if band is None:
+                    rest = [p.result_size for p in plans[1:]]
+                    band = _Band(logits.shape[1], keep_lengths[0], rest, logits)
+                for origin, tile_logits in zip(batch, logits, strict=True):
+                    band.add(origin, tile_logits[kept], weights)
+                bar.update()
+        assert band is not None
+        while emitted < spatial[0]:
+            yield from _emit(band.finish(keep_lengths[0]), emitted, spatial)
+            emitted = band.start
+
+
+def _row_jobs(row_start: int, plans: Sequence[_AxisPlan]) -> Iterator[tuple[int, ...]]:
+    for rest in itertools.product(*(p.starts for p in plans[1:])):
+        yield (row_start, *rest)
+
+
+def _emit(logits: Tensor, first_row: int, spatial: Sequence[int]) -> Iterator[tuple[int, Tensor]]:
+    """The part of a finished band inside the image."""
+    rows = min(logits.shape[1], spatial[0] - first_row)
+    if rows > 0:
+        yield first_row, logits[(slice(None), slice(0, rows), *(slice(0, s) for s in spatial[1:]))]
 
 
 def predict_tiled(
@@ -190,6 +377,9 @@ def predict_tiled(
     already extrapolates the image border as whole-image inference would, so nothing is
     mirrored here. An axis not longer than the tile is taken whole (exact along it).
 
+    This returns the whole logits; :func:`iter_tiled_logits` gives them band by band
+    from a :class:`TileSource`, for images whose logits would not fit in memory.
+
     Put the model in eval mode first: batch norm in training mode would normalise each
     batch of tiles with its own statistics.
 
@@ -216,79 +406,19 @@ def predict_tiled(
             f"image must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(image.shape)}; "
             "add the batch and channel axes, e.g. image[None, None]"
         )
-    if blend not in _BLENDS:
-        raise ValueError(f"blend must be one of {', '.join(map(repr, _BLENDS))}, got {blend!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    spatial = tuple(image.shape[2:])
-    tiles = _per_axis(tile_size, len(spatial), "tile_size")
-    depth = int(getattr(model, "depth", 0))
-    valid = getattr(model, "padding", "same") == "valid"
-
-    if valid:
-        if overlap is not None:
-            raise ValueError(
-                "overlap must be None for a valid-padding model: its tiles overlap by "
-                f"exactly the network border ({2 * unet_valid_margin(depth)} pixels); "
-                "choose tile_size instead"
-            )
-        check_valid_input_size(tiles, depth)
-        plans = [
-            _plan_valid_axis(s, t, depth, dim)
-            for dim, (s, t) in enumerate(zip(spatial, tiles, strict=True))
-        ]
-    else:
-        overlaps = _per_axis(
-            [t // 4 for t in tiles] if overlap is None else overlap, len(spatial), "overlap"
+    results = []
+    for sample in image:
+        bands = iter_tiled_logits(
+            model,
+            TensorSource(sample),
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            progress=progress,
+            blend=blend,
         )
-        plans = [
-            _plan_same_axis(s, t, o, 2**depth, dim)
-            for dim, (s, t, o) in enumerate(zip(spatial, tiles, overlaps, strict=True))
-        ]
-
-    # Valid: mirror the missing context (paper Fig. 2). Same: zeros, as the model pads.
-    source = _mirror_pad(image, plans) if valid else _zero_pad(image, plans)  # (N, C, *padded)
-    model_device = next(iter(model.parameters()), image.new_empty(0)).device
-    tile_lengths = [p.tile for p in plans]
-    keep_lengths = [p.keep for p in plans]
-    margin = unet_valid_margin(depth) if valid else 0
-    expected_output = tuple(t - 2 * margin for t in tile_lengths)
-    weights = None if valid else _tile_weights(tile_lengths, blend).to(image.device)
-    jobs = [
-        (n, origin)
-        for n in range(image.shape[0])
-        for origin in itertools.product(*(p.starts for p in plans))
-    ]
-    result: Tensor | None = None
-    weight_sum: Tensor | None = None
-
-    with torch.no_grad():
-        batches = _chunks(jobs, batch_size)
-        total = math.ceil(len(jobs) / batch_size)
-        for batch in tqdm(batches, total=total, desc="tiles", disable=None if progress else True):
-            crops = [
-                source[(n, slice(None), *_window(origin, tile_lengths))] for n, origin in batch
-            ]
-            logits = model(torch.stack(crops).to(model_device)).to(image.device)
-            _check_tile_output(logits, tile_lengths, expected_output, valid)
-            if result is None:
-                shape = (image.shape[0], logits.shape[1], *(p.result_size for p in plans))
-                result = logits.new_zeros(shape)  # (N, K, *result)
-                weight_sum = logits.new_zeros((1, 1, *shape[2:]))
-            for (n, origin), tile_logits in zip(batch, logits, strict=True):
-                region = _window(origin, keep_lengths)
-                kept = tile_logits[(slice(None), *_window([0] * len(plans), keep_lengths))]
-                if weights is None:
-                    result[(n, slice(None), *region)] = kept
-                else:
-                    result[(n, slice(None), *region)] += weights * kept
-                    if n == 0:  # every image uses the same tiles, hence the same weights
-                        weight_sum[(0, 0, *region)] += weights  # type: ignore[index]
-
-    assert result is not None
-    if weights is not None:
-        result = result / weight_sum
-    return result[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+        results.append(torch.cat([logits for _, logits in bands], dim=1))
+    return torch.stack(results).to(image.device)
 
 
 def _check_tile_output(
