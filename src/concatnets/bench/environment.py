@@ -3,25 +3,100 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["cpu_model", "describe_environment", "torchvision_status"]
+__all__ = [
+    "VECTOR_FLAGS",
+    "cpu_isa",
+    "cpu_model",
+    "describe_environment",
+    "engine_layouts",
+    "isa_line",
+    "layouts_line",
+    "torchvision_status",
+]
+
+#: ``/proc/cpuinfo`` flags that decide which convolution kernels oneDNN can run.
+VECTOR_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+)
+_ISA_LIMIT_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+def _cpuinfo_field(name: str, cpuinfo_path: str) -> str | None:
+    """The first ``name : value`` of ``/proc/cpuinfo`` (None where there is none)."""
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
+        with open(cpuinfo_path) as cpuinfo:
             for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip().lower() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+    return _cpuinfo_field("model name", cpuinfo_path) or platform.processor() or platform.machine()
+
+
+def cpu_isa(
+    cpuinfo_path: str = "/proc/cpuinfo", env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The CPU's vector instruction sets, and what limits the kernels' use of them.
+
+    ``flags``: the :data:`VECTOR_FLAGS` the CPU reports (``/proc/cpuinfo``; ``None``
+    where it cannot be read); ``aten_capability``: the vector level ATen's kernels
+    dispatch to; ``limits``: ``ONEDNN_MAX_CPU_ISA`` and the like where set (they make an
+    AVX-512 CPU run AVX2 kernels).
+    """
+    env = os.environ if env is None else env
+    flags = _cpuinfo_field("flags", cpuinfo_path)
+    present = None if flags is None else [f for f in VECTOR_FLAGS if f in flags.split()]
+    try:
+        import torch
+
+        capability: str | None = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # no torch, or one without the query
+        capability = None
+    limits = {k: env[k] for k in _ISA_LIMIT_VARS if k in env}
+    return {"flags": present, "aten_capability": capability, "limits": limits}
+
+
+def engine_layouts() -> list[dict[str, Any]]:
+    """The engine's layout decisions in this process, as JSON-ready rows."""
+    from concatnets.engine import layout_decisions
+
+    return [
+        {
+            "device": key.device,
+            "spatial_rank": key.spatial_rank,
+            "dtype": str(key.dtype).removeprefix("torch."),
+            "threads": key.threads,
+            "layout": decision.layout,
+            "source": decision.source,
+            "probe_seconds": None
+            if decision.probe_seconds is None
+            else dict(decision.probe_seconds),
+        }
+        for key, decision in layout_decisions().items()
+    ]
 
 
 def _version(package: str) -> str | None:
@@ -40,13 +115,44 @@ def torchvision_status() -> tuple[bool, str]:
     return True, f"torchvision {_version('torchvision')}"
 
 
+def isa_line(isa: Mapping[str, Any]) -> str:
+    """:func:`cpu_isa`'s flags, ATen's level and any ISA limit, on one line."""
+    flags = "unknown" if isa.get("flags") is None else " ".join(isa["flags"]) or "none"
+    limits = "".join(f", {k}={v}" for k, v in isa.get("limits", {}).items())
+    return f"{flags} (ATen {isa.get('aten_capability')}{limits})"
+
+
+def layouts_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The engine's layout decisions on one line (``none`` when no engine ran)."""
+    if not rows:
+        return "none (no engine convolution ran)"
+    parts = []
+    for row in rows:
+        seconds = row.get("probe_seconds")
+        timing = (
+            ""
+            if not seconds
+            else " " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(seconds.items()))
+        )
+        parts.append(
+            f"{row['layout']} for {row['spatial_rank']}-D {row['dtype']} on {row['device']}, "
+            f"{row['threads']} thread(s) ({row['source']}{timing})"
+        )
+    return "; ".join(parts)
+
+
 def describe_environment(
     results: Sequence[Mapping[str, Any]], child_env: Mapping[str, str], device: str
 ) -> dict[str, Any]:
     """Machine, software and allocator facts; torch details come from a child's report."""
     measured = next((r for r in results if r.get("status") == "ok"), {})
+    layouts = {
+        json.dumps(row, sort_keys=True): row for r in results for row in r.get("engine_layouts", [])
+    }
     return {
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(env=child_env),
+        "engine_layouts": list(layouts.values()),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "libc": " ".join(platform.libc_ver()).strip(),

@@ -29,6 +29,13 @@ from concatnets.bench.config import (
     check_device,
     plain_text,
 )
+from concatnets.bench.environment import (
+    cpu_isa,
+    cpu_model,
+    engine_layouts,
+    isa_line,
+    layouts_line,
+)
 from concatnets.bench.memory import (
     UnsupportedModeError,
     _make_batch,
@@ -111,6 +118,9 @@ def measure_interleaved(
         "warmup": warmup,
         "modes": rows,
         "unsupported": unsupported,
+        "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
+        "engine_layouts": engine_layouts(),
     }
 
 
@@ -183,6 +193,8 @@ def run_time(args: argparse.Namespace) -> int:
         + (", channels-last" if result["channels_last"] else "")
         + "".join(f", {k}={v}" for k, v in sorted(result["model_kwargs"].items()))
     )
+    print(f"CPU: {result['cpu_model']}; ISA: {isa_line(result['cpu_isa'])}")
+    print(f"engine layout: {layouts_line(result['engine_layouts'])}")
     print("| mode | median step s | time x naive | median per-round ratio |")
     print("|---|---:|---:|---:|")
     for mode, row in result["modes"].items():

@@ -35,6 +35,7 @@ from torch import nn
 from concatnets._allocator import allocator_setting
 from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
 from concatnets.bench.config import AMP_DTYPES, BenchConfig
+from concatnets.bench.environment import engine_layouts
 from concatnets.bench.live_tensors import LiveTensorPeak
 from concatnets.engine.layout import channels_last_format
 
@@ -340,6 +341,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         "priming": f"forward + backward at batch {PRIMING_BATCH}, no update",
         "optimizer": f"SGD update p -= {LEARNING_RATE} * grad, then grad = None",
         "channels_last": config.channels_last,
+        "engine_layouts": engine_layouts(),
         "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
         "allocator_setting": allocator_setting().detail,
         "amp": config.amp,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from concatnets.bench.config import BenchConfig, comparison_key
+from concatnets.bench.environment import isa_line, layouts_line
 from concatnets.bench.fit import fit_power_law
 
 __all__ = [
@@ -234,6 +235,8 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         "",
         f"- CPU: {env['cpu_model']} ({env['cpu_count']} logical cores); "
         f"device: {env['device']} ({env.get('device_name')})",
+        f"- CPU ISA: {isa_line(env.get('cpu_isa', {}))}",
+        f"- engine layout: {layouts_line(env.get('engine_layouts', []))}",
         f"- torch {env['torch_version']}, {env['torch_threads']} threads; "
         f"python {env['python']}; {env['libc']}",
         f"- allocator ({', '.join(_allocator_names(settings))}): {allocator}; "

@@ -2,12 +2,15 @@
 
 Knows nothing of models. DenseNet uses :func:`dense_block` and :func:`norm_act_conv`;
 U-Net uses :func:`norm_act_conv` for every convolution (skips written into the decoder's
-concatenation, pooling and up-convolution recomputed in backward).
+concatenation, pooling and up-convolution recomputed in backward). Its memory layout is
+chosen per machine; :func:`set_layout` and :func:`use_layout` override it and
+:func:`layout_decisions` shows what was chosen.
 """
 
 from __future__ import annotations
 
 from concatnets.engine.block_buffer import BottleneckPolicy, DenseLayerLike, dense_block
+from concatnets.engine.layout_choice import layout_decisions, set_layout, use_layout
 from concatnets.engine.parts_conv import NormActPart, norm_act_conv
 from concatnets.engine.stats import NormStats, norm_stats
 
@@ -17,6 +20,9 @@ __all__ = [
     "NormActPart",
     "NormStats",
     "dense_block",
+    "layout_decisions",
     "norm_act_conv",
     "norm_stats",
+    "set_layout",
+    "use_layout",
 ]

@@ -1,13 +1,13 @@
-"""Memory layout of the engine's activations: channels-last where it saves copies.
+"""Memory layouts of the engine's activations: formats and conversions.
 
 oneDNN (the CPU convolution backend) works in a channels-last layout; given the default
 ``(N, C, H, W)`` layout it reorders every convolution's input (and, in backward, its
-output gradient) into a transient copy. Measured on a 2-core CPU with torch 2.13: a 3x3
-convolution over ``(4, 128, 256, 256)`` peaks at 3x its output's size in forward with the
-default layout and at 1x with channels-last, and its forward + backward takes 0.6-0.8x the
-time at the high-resolution levels of a U-Net. The engine therefore runs U-Net's
-convolutions in channels-last on CPU and allocates every tensor it creates in the layout
-of the tensor it derives from.
+output gradient) into a transient copy. Measured on a 2-core Intel Xeon (AVX-512) with
+torch 2.13, a 3x3 convolution over ``(4, 128, 256, 256)`` peaks at 3x its output's size in
+forward with the default layout and at 1x with channels-last. Whether channels-last is
+also faster depends on the CPU, so the engine's layout is chosen per machine
+(:mod:`concatnets.engine.layout_choice`); every tensor the engine creates takes the
+layout of the tensor it derives from (:func:`layout_of`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["channels_last_format", "layout_of", "preferred_layout", "to_layout"]
+__all__ = ["channels_last_format", "layout_of", "to_layout"]
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -32,13 +32,6 @@ def channels_last_format(ndim: int) -> torch.memory_format:
 def layout_of(x: Tensor) -> torch.memory_format:
     """``x``'s memory format, also for strided views (a crop of a channels-last tensor)."""
     if x.dim() in _CHANNELS_LAST and x.stride(1) == 1 and x.shape[1] > 1:
-        return _CHANNELS_LAST[x.dim()]
-    return torch.contiguous_format
-
-
-def preferred_layout(x: Tensor) -> torch.memory_format:
-    """The layout the engine computes in for an input like ``x``: channels-last on CPU."""
-    if x.device.type == "cpu" and x.dim() in _CHANNELS_LAST:
         return _CHANNELS_LAST[x.dim()]
     return torch.contiguous_format
 

@@ -25,7 +25,8 @@ from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
-from concatnets.engine.layout import layout_of, preferred_layout, to_layout
+from concatnets.engine.layout import layout_of, to_layout
+from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.precision import in_engine_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
 

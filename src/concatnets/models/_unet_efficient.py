@@ -11,7 +11,8 @@ and the up-convolved map (recomputed in backward); no ``torch.cat`` copy is made
 stored. The next encoder level's first convolution reads ``max_pool(relu(norm(z)))`` as a
 pooled part, and level 0's first convolution, which reads the few-channel image, is
 recomputed in backward, so neither the pooled maps nor the network's largest map are
-stored. On CPU everything runs in channels-last (:mod:`concatnets.engine.layout`).
+stored. Everything runs in the layout the engine chose for the machine
+(:mod:`concatnets.engine.layout_choice`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch import Tensor, nn
 
 from concatnets.engine import NormActPart, norm_act_conv
 from concatnets.engine.group_stats import group_norm_forward, is_group_norm
-from concatnets.engine.layout import preferred_layout, to_layout
+from concatnets.engine.layout import to_layout
+from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.parts_conv import source_conv_output
 from concatnets.engine.precision import in_engine_precision
 from concatnets.engine.stats import norm_act_forward
