@@ -1,4 +1,4 @@
-"""Architectures built on the memory engine: the DenseNet and U-Net families."""
+"""Architectures: the DenseNet, U-Net and FC-DenseNet families."""
 
 from __future__ import annotations
 
@@ -9,5 +9,13 @@ from concatnets.models._registry import (
     list_models,
     register_model,
 )
+from concatnets.models.fc_densenet import FCDenseNet
 
-__all__ = ["ModelSpec", "create_model", "get_model_spec", "list_models", "register_model"]
+__all__ = [
+    "FCDenseNet",
+    "ModelSpec",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "register_model",
+]
