@@ -61,7 +61,7 @@ def register_model(
 
 def _ensure_builtin_models_loaded() -> None:
     # Importing the family modules registers their variants.
-    from concatnets.models import densenet, fc_densenet, unet  # noqa: F401
+    from concatnets.models import densenet, fc_densenet, unet, unet_plusplus  # noqa: F401
 
 
 def get_model_spec(name: str) -> ModelSpec:
