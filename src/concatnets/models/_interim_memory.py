@@ -18,15 +18,28 @@ import torch
 import torch.utils.checkpoint as cp
 from torch import Tensor
 
-__all__ = ["InterimMemoryMode", "check_interim_mode", "run_maybe_checkpointed"]
+__all__ = [
+    "EngineModeUnavailableError",
+    "InterimMemoryMode",
+    "check_interim_mode",
+    "run_maybe_checkpointed",
+]
 
 InterimMemoryMode = Literal[False, "checkpoint"]
+
+
+class EngineModeUnavailableError(NotImplementedError, ValueError):
+    """``memory_efficient=True`` on a model whose engine mode does not exist yet.
+
+    A ``NotImplementedError`` (what it is) and a ``ValueError`` (a setting to change), so
+    the CLI reports it as a user error rather than a crash.
+    """
 
 
 def check_interim_mode(model_name: str, memory_efficient: object) -> InterimMemoryMode:
     """Return ``memory_efficient`` when it is ``False`` or ``"checkpoint"``, else raise."""
     if memory_efficient is True:
-        raise NotImplementedError(
+        raise EngineModeUnavailableError(
             f"{model_name} has no memory-engine mode yet (memory_efficient=True): the engine "
             "mode will come by converting the model with concatnets.memory_efficient(model). "
             "For now use memory_efficient='checkpoint' (torch.utils.checkpoint per dense "
