@@ -178,3 +178,17 @@ def test_bad_inputs_name_the_fix() -> None:
         FCDenseNet(down_layers=())
     with pytest.raises(ValueError, match="dropout"):
         FCDenseNet(dropout=1.5)
+
+
+def test_checkpoint_mode_updates_dense_layer_running_statistics_twice() -> None:
+    # The documented caveat: backward reruns each checkpointed layer's batch norm.
+    counts = {}
+    for mode in (False, "checkpoint"):
+        model = FCDenseNet(**TINY, memory_efficient=mode).train()
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        layer_norm = model.down_blocks[0].layers[0].norm
+        counts[mode] = (
+            int(layer_norm.num_batches_tracked),
+            int(model.transitions_down[0].norm.num_batches_tracked),
+        )
+    assert counts == {False: (1, 1), "checkpoint": (2, 1)}

@@ -136,3 +136,17 @@ def test_engine_mode_and_bad_settings_are_refused_with_the_fix() -> None:
         UNetPlusPlus(**TINY, normalization="layer")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="in_channels=1"):
         UNetPlusPlus(**TINY)(torch.randn(1, 1, 8, 8))
+
+
+def test_checkpoint_mode_updates_node_running_statistics_twice() -> None:
+    # The documented caveat: backward reruns each checkpointed node's batch norms.
+    counts = {}
+    for mode in (False, "checkpoint"):
+        model = UNetPlusPlus(**TINY, memory_efficient=mode).train()
+        model(torch.randn(2, 2, 8, 8)).sum().backward()
+        node_norm = model.nodes["x0_1"].block.norm1
+        counts[mode] = (
+            int(node_norm.num_batches_tracked),
+            int(model.encoder[0].norm1.num_batches_tracked),
+        )
+    assert counts == {False: (1, 1), "checkpoint": (2, 1)}
