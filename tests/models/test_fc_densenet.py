@@ -192,3 +192,24 @@ def test_checkpoint_mode_updates_dense_layer_running_statistics_twice() -> None:
             int(model.transitions_down[0].norm.num_batches_tracked),
         )
     assert counts == {False: (1, 1), "checkpoint": (2, 1)}
+
+
+def test_mode_switches_by_assignment_and_refuses_what_it_lacks() -> None:
+    torch.manual_seed(0)
+    model = FCDenseNet(**TINY).double()
+    image = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    torch.manual_seed(1)
+    plain = model(image)
+    model.memory_efficient = "checkpoint"
+    torch.manual_seed(1)
+    torch.testing.assert_close(model(image), plain)
+    with pytest.raises(NotImplementedError, match="no memory-engine"):
+        model.memory_efficient = True
+    assert model.memory_efficient == "checkpoint"
+
+
+@pytest.mark.parametrize("name", list_models(family="fc_densenet"))
+def test_every_registered_variant_runs_an_odd_sized_image(name: str) -> None:
+    model = create_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 20, 23)).shape == (1, 11, 20, 23)

@@ -150,3 +150,25 @@ def test_checkpoint_mode_updates_node_running_statistics_twice() -> None:
             int(model.encoder[0].norm1.num_batches_tracked),
         )
     assert counts == {False: (1, 1), "checkpoint": (2, 1)}
+
+
+def test_mode_switches_by_assignment_and_refuses_what_it_lacks() -> None:
+    model = UNetPlusPlus(**TINY).double()
+    image = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    plain = model(image)
+    model.memory_efficient = "checkpoint"
+    torch.testing.assert_close(model(image), plain)
+    with pytest.raises(NotImplementedError, match="no memory-engine"):
+        model.memory_efficient = True
+    assert model.memory_efficient == "checkpoint"
+
+
+@pytest.mark.parametrize("name", list_models(family="unet_plusplus"))
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_every_registered_variant_runs_an_odd_sized_image(
+    name: str, deep_supervision: bool
+) -> None:
+    model = create_model(name, deep_supervision=deep_supervision).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, model.in_channels, 20, 23))
+    assert out.shape == (1, 2, 20, 23)

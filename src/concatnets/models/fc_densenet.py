@@ -162,7 +162,7 @@ class FCDenseNet(nn.Module):
             spatial_dims, in_channels, num_classes, down_layers, bottleneck_layers,
             growth_rate, first_features, dropout,
         )  # fmt: skip
-        self.memory_efficient = check_interim_mode("FCDenseNet", memory_efficient)
+        self.memory_efficient = memory_efficient  # validated by the property
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -195,6 +195,16 @@ class FCDenseNet(nn.Module):
             upsampled = num_layers * growth_rate
         self.head = _CONV[spatial_dims](channels, num_classes, 1)
         self._init_weights()
+
+    @property
+    def memory_efficient(self) -> InterimMemoryMode:
+        """``False`` or ``"checkpoint"``; read on every forward, so assigning switches the
+        mode at any time, and assigning anything else (``True`` among it) raises."""
+        return self._memory_efficient
+
+    @memory_efficient.setter
+    def memory_efficient(self, mode: InterimMemoryMode) -> None:
+        self._memory_efficient = check_interim_mode(type(self).__name__, mode)
 
     def _init_weights(self) -> None:
         # The paper's code: He-uniform weights (He et al. 2015), zero biases.

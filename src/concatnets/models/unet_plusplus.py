@@ -120,7 +120,7 @@ class UNetPlusPlus(nn.Module):
         _check_choice("normalization", normalization, _NORMALIZATIONS)
         if not isinstance(deep_supervision, bool):
             raise ValueError(f"deep_supervision must be True or False, got {deep_supervision!r}")
-        self.memory_efficient = check_interim_mode("UNetPlusPlus", memory_efficient)
+        self.memory_efficient = memory_efficient  # validated by the property
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -149,6 +149,16 @@ class UNetPlusPlus(nn.Module):
             conv(features, num_classes, 1) for _ in range(depth - 1 if deep_supervision else 0)
         )
         self._init_weights()
+
+    @property
+    def memory_efficient(self) -> InterimMemoryMode:
+        """``False`` or ``"checkpoint"``; read on every forward, so assigning switches the
+        mode at any time, and assigning anything else (``True`` among it) raises."""
+        return self._memory_efficient
+
+    @memory_efficient.setter
+    def memory_efficient(self, mode: InterimMemoryMode) -> None:
+        self._memory_efficient = check_interim_mode(type(self).__name__, mode)
 
     def _init_weights(self) -> None:
         # As ``unet``: He-normal convolutions (Ronneberger et al. 2015, Sec. 3), zero biases.
