@@ -58,3 +58,11 @@ def test_memory_efficient_flag_says_the_engine_mode_is_not_there_yet(tmp_path, c
     args = ["train", *FC_DENSENET_TINY, *DATA, *FAST, "--memory-efficient", "--output", str(run)]
     assert main(args) != 0
     assert "concatnets.memory_efficient" in capsys.readouterr().err
+
+
+def test_train_3d_on_builtin_cells3d(tmp_path):
+    run = tmp_path / "run"
+    volumes = ["--data", "builtin:cells3d", "--num-images", "4", "--image-size", "12"]
+    args = ["train", *FC_DENSENET_TINY, "--model-arg", "spatial_dims=3", *volumes, *FAST]
+    assert main([*args, "--batch-size", "2", "--output", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())[0]["epoch"] == 1
