@@ -76,7 +76,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "concatnets models --task classification",
         ),
     )
-    parser.add_argument("--family", choices=("densenet", "unet"), help="only this family")
+    families = ("densenet", "fc_densenet", "unet", "unet_plusplus")
+    parser.add_argument("--family", choices=families, help="only this family")
     parser.add_argument(
         "--task", choices=("classification", "segmentation"), help="only models for this task"
     )

@@ -1,4 +1,4 @@
-"""Architectures built on the memory engine: the DenseNet and U-Net families."""
+"""Architectures: the DenseNet, U-Net, FC-DenseNet and UNet++ families."""
 
 from __future__ import annotations
 
@@ -9,5 +9,15 @@ from concatnets.models._registry import (
     list_models,
     register_model,
 )
+from concatnets.models.fc_densenet import FCDenseNet
+from concatnets.models.unet_plusplus import UNetPlusPlus
 
-__all__ = ["ModelSpec", "create_model", "get_model_spec", "list_models", "register_model"]
+__all__ = [
+    "FCDenseNet",
+    "ModelSpec",
+    "UNetPlusPlus",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "register_model",
+]

@@ -21,7 +21,8 @@ class ModelSpec:
         name: Registry name, e.g. ``"densenet121"``.
         builder: Callable that builds the model from keyword arguments.
         defaults: The variant's settings, passed to ``builder`` before user overrides.
-        family: ``"densenet"`` or ``"unet"``; tells the CLI which task a model solves.
+        family: ``"densenet"``, ``"unet"``, ``"fc_densenet"`` or ``"unet_plusplus"``; tells
+            the CLI which task a model solves.
         task: ``"classification"`` or ``"segmentation"``.
         description: One line for ``concatnets models``.
     """
@@ -60,7 +61,7 @@ def register_model(
 
 def _ensure_builtin_models_loaded() -> None:
     # Importing the family modules registers their variants.
-    from concatnets.models import densenet, unet  # noqa: F401
+    from concatnets.models import densenet, fc_densenet, unet, unet_plusplus  # noqa: F401
 
 
 def get_model_spec(name: str) -> ModelSpec:
