@@ -257,7 +257,9 @@ def test_overlays_of_large_images_are_downscaled(segmentation_run, tmp_path):
     assert read_mask(output / "masks" / "tall.png").shape == (1100, 40)  # masks keep full size
     assert np.load(output / "masks" / "tall.npy").dtype == np.int64
     _, height = Image.open(output / "overlays" / "tall.png").size
-    assert height == 550  # shrunk by 2 to fit 1024, not 1100 high
+    # The image panel is shrunk by 2 to fit 1024 (550 high, not 1100); titles and the
+    # class legend add a fixed band of rows above and below it.
+    assert 550 < height < 800
 
 
 @pytest.mark.parametrize("tile_size", [512, 64])

@@ -145,7 +145,13 @@ def predict_mask(
         logits = predict_logits(trained, image, tile_size=tile_size, overlap=overlap)
         return logits.argmax(0).numpy().astype(class_dtype(logits.shape[0]))
     model = trained.model
-    source = image_source(image, trained.in_channels, trained.normalization, trained.spatial_dims)
+    source = image_source(
+        image,
+        trained.in_channels,
+        trained.normalization,
+        trained.spatial_dims,
+        trained.normalization_statistics,
+    )
     valid = getattr(model, "padding", "same") == "valid"
     tiled = valid or max(source.spatial) > tile_size
     return predict_classes(

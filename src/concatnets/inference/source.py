@@ -14,12 +14,12 @@ from torch import Tensor
 
 from concatnets.data.datasets import load_input_tensor
 from concatnets.data.io import to_float_image
-from concatnets.data.transforms import match_channels
+from concatnets.data.transforms import ChannelStatistics, match_channels
 from concatnets.inference.tiling import TensorSource, TileSource
 
 __all__ = ["ImageSource", "image_source"]
 
-_STREAMED_NORMALIZATIONS = ("image", "unit")
+_STREAMED_NORMALIZATIONS = ("dataset", "image", "unit")
 _BAND_VALUES = 1 << 20  # values converted at once while gathering statistics (~20 MB)
 _EPSILON = 1e-6  # as concatnets.data.transforms.normalize_image
 
@@ -36,13 +36,19 @@ class ImageSource:
         array: ``(H, W)`` / ``(H, W, 3)`` image or ``(D, H, W)`` / ``(D, H, W, C)`` volume
             as read from disk (a memory map works too); uint8, uint16, bool or float.
         channels: Channels the model takes.
-        normalization: ``'image'`` (each channel standardized over the whole image) or
-            ``'unit'``.
+        normalization: ``'dataset'`` (the training split's ``statistics``), ``'image'``
+            (each channel standardized over the whole image) or ``'unit'``.
         spatial_dims: 2 for images, 3 for volumes.
+        statistics: The training split's channel statistics, for ``'dataset'``.
     """
 
     def __init__(
-        self, array: np.ndarray, channels: int, normalization: str, spatial_dims: int = 2
+        self,
+        array: np.ndarray,
+        channels: int,
+        normalization: str,
+        spatial_dims: int = 2,
+        statistics: ChannelStatistics | None = None,
     ) -> None:
         if normalization not in _STREAMED_NORMALIZATIONS or not _streamable(array):
             raise ValueError(
@@ -57,6 +63,8 @@ class ImageSource:
         self.scale: Tensor | None = None
         if normalization == "image":
             self.shift, self.scale = self._channel_statistics()
+        elif normalization == "dataset":
+            self.shift, self.scale = self._saved_statistics(statistics)
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -84,6 +92,23 @@ class ImageSource:
         shape = (self.channels,) + (1,) * self.spatial_dims
         return mean.float().reshape(shape), (std + _EPSILON).float().reshape(shape)
 
+    def _saved_statistics(self, statistics: ChannelStatistics | None) -> tuple[Tensor, Tensor]:
+        """The training split's mean and std, shaped to broadcast over a tile."""
+        if statistics is None:
+            raise ValueError(
+                "normalization 'dataset' needs the training split's channel statistics "
+                "(ChannelStatistics); pass them, or use normalization 'image' or 'unit'"
+            )
+        if len(statistics.mean) != self.channels:
+            raise ValueError(
+                f"the model takes {self.channels} channel(s) but the normalization statistics "
+                f"have {len(statistics.mean)}; use the statistics of the run the model came from"
+            )
+        shape = (self.channels,) + (1,) * self.spatial_dims
+        mean = torch.tensor(statistics.mean, dtype=torch.float32).reshape(shape)
+        std = torch.tensor(statistics.std, dtype=torch.float32).reshape(shape)
+        return mean, std
+
     def read(self, region: tuple[slice, ...]) -> Tensor:
         tile = self._convert(region)
         if self.shift is not None and self.scale is not None:
@@ -92,7 +117,11 @@ class ImageSource:
 
 
 def image_source(
-    array: np.ndarray, channels: int, normalization: str, spatial_dims: int = 2
+    array: np.ndarray,
+    channels: int,
+    normalization: str,
+    spatial_dims: int = 2,
+    statistics: ChannelStatistics | None = None,
 ) -> TileSource:
     """An :class:`ImageSource` where the image's dtype and normalization allow, otherwise
     the whole image converted at once (as :func:`~concatnets.data.datasets.load_input_tensor`).
@@ -102,7 +131,8 @@ def image_source(
         channels: Channels the model takes.
         normalization: The run's input normalization.
         spatial_dims: 2 for images, 3 for volumes.
+        statistics: The training split's channel statistics, for ``'dataset'``.
     """
     if normalization in _STREAMED_NORMALIZATIONS and _streamable(array):
-        return ImageSource(array, channels, normalization, spatial_dims)
-    return TensorSource(load_input_tensor(array, channels, normalization, spatial_dims))
+        return ImageSource(array, channels, normalization, spatial_dims, statistics)
+    return TensorSource(load_input_tensor(array, channels, normalization, spatial_dims, statistics))
