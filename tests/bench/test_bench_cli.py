@@ -182,7 +182,7 @@ def test_real_tiny_sweep_end_to_end(tmp_path: Path) -> None:
 
 
 def test_each_allocator_environment_gets_its_own_resident_column(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     seen_env: list[dict[str, str]] = []
 
@@ -197,11 +197,16 @@ def test_each_allocator_environment_gets_its_own_resident_column(
                 0.4 if not naive else 1
             )
             result["live_peak_mib"] = 50.0 if naive else 10.0
+            result["median_cpu_step_s"] = 2.0 if glibc else 3.0
         return results
 
     monkeypatch.setattr(cli, "run_configs", run)
     argv = ["memory", "--models", "densenet_bc_100", "--modes", "naive,efficient"]
-    assert cli.main([*argv, "--allocator", "user,glibc"]) == 0
+    monkeypatch.setattr(cli, "write_json", lambda path, payload: saved.append(payload))
+    saved: list[dict[str, Any]] = []
+    assert cli.main([*argv, "--allocator", "user,glibc", "--output", str(tmp_path)]) == 0
+    result = saved[0]["results"][0]
+    assert result["median_cpu_step_s_by_allocator"] == {"user": 3.0, "glibc": 2.0}
     assert [env.get("CONCATNETS_MALLOC") for env in seen_env] == [None, "system"]
     out = capsys.readouterr().out
     assert "resident MiB, user env" in out and "resident MiB, glibc defaults" in out

@@ -40,7 +40,7 @@ def fake_timer(full: dict[str, float], screen: dict[str, float] | None = None):
 )
 def test_probe_chooses_the_faster_layout(full: dict[str, float], expected: str) -> None:
     timer, calls = fake_timer(full)
-    result = probe_cpu_layout(2, torch.float32, budget_s=0.0, timer=timer)
+    result = probe_cpu_layout(2, torch.float32, budget_s=0.0, screen_budget_s=0.0, timer=timer)
     assert result.layout == expected
     assert result.shape == PROBE_SHAPES[2]
     assert result.seconds == full
@@ -52,7 +52,7 @@ def test_grossly_slower_layout_at_the_screen_shape_skips_the_full_shape() -> Non
         {"channels_last": 1.0, "contiguous": 0.1},
         screen={"channels_last": 1e-4, "contiguous": 1e-3},
     )
-    result = probe_cpu_layout(3, torch.bfloat16, budget_s=0.0, timer=timer)
+    result = probe_cpu_layout(3, torch.bfloat16, budget_s=0.0, screen_budget_s=0.0, timer=timer)
     assert result.layout == "channels_last"
     assert result.shape == SCREEN_SHAPES[3]
     assert all((c, s) == SCREEN_SHAPES[3] for _, c, s in calls)
@@ -61,14 +61,16 @@ def test_grossly_slower_layout_at_the_screen_shape_skips_the_full_shape() -> Non
 def test_slow_screen_skips_the_full_shape() -> None:
     slow = {"channels_last": 0.01, "contiguous": 0.012}  # x256 work: seconds per full step
     timer, calls = fake_timer({"channels_last": 9.0, "contiguous": 9.0}, screen=slow)
-    result = probe_cpu_layout(2, torch.float32, budget_s=0.0, timer=timer)
+    result = probe_cpu_layout(2, torch.float32, budget_s=0.0, screen_budget_s=0.0, timer=timer)
     assert result.shape == SCREEN_SHAPES[2] and result.layout == "channels_last"
     assert all((c, s) == SCREEN_SHAPES[2] for _, c, s in calls)
 
 
 def test_best_time_of_the_rounds_counts() -> None:
     times = iter([5.0, 5.0] + [1e-6] * 4 + [5.0, 5.0] + [0.03, 0.02, 0.01, 0.04])  # warm-ups first
-    result = probe_cpu_layout(2, torch.float32, budget_s=0.0, timer=lambda *args: next(times))
+    result = probe_cpu_layout(
+        2, torch.float32, budget_s=0.0, screen_budget_s=0.0, timer=lambda *args: next(times)
+    )
     # rounds alternate the order: (cl, contig), then (contig, cl)
     assert result.seconds == {"channels_last": 0.03, "contiguous": 0.01}
     assert result.layout == "contiguous"
@@ -89,6 +91,7 @@ def test_time_conv_step_runs_forward_and_backward_even_under_no_grad() -> None:
             2,
             torch.float32,
             budget_s=0.0,
+            screen_budget_s=0.0,
             timer=lambda layout, rank, dtype, c, s: time_conv_step(layout, rank, dtype, 4, 6),
         )
     assert all(s > 0 for s in result.seconds.values())

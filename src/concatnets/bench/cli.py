@@ -284,15 +284,25 @@ def _progress(index: int, total: int, config: BenchConfig, result: dict[str, Any
 
 
 def _merge_allocators(primary: str, runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The primary run's results, each with ``resident_by_allocator`` from every run."""
+    """The primary run's results, each with every run's resident peak and CPU step time."""
     merged = []
     for index, result in enumerate(runs[primary]):
-        resident = {}
+        resident, cpu_step = {}, {}
         for name, results in runs.items():
             other = results[index]
             if other.get("status") == "ok" and other.get("memory_metric") == "cpu_rss":
                 resident[name] = other["cpu_rss_peak_growth_mib"]
-        merged.append({**result, "allocator": primary, "resident_by_allocator": resident})
+            if other.get("status") == "ok" and "median_cpu_step_s" in other:
+                cpu_step[name] = other["median_cpu_step_s"]
+        merged.append(
+            {
+                **result,
+                "allocator": primary,
+                "resident_by_allocator": resident,
+                # The step-time cost of an allocator setting, in process CPU seconds.
+                "median_cpu_step_s_by_allocator": cpu_step,
+            }
+        )
     return merged
 
 

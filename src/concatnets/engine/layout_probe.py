@@ -42,6 +42,10 @@ PROBE_SHAPES: Mapping[int, tuple[int, int]] = {2: (128, 64), 3: (64, 12)}
 SCREEN_SHAPES: Mapping[int, tuple[int, int]] = {2: (32, 16), 3: (16, 8)}
 GROSS_RATIO = 3.0
 MAX_FULL_STEP_S = 0.25
+#: Seconds of screen rounds: a screen step takes well under a millisecond at float32,
+#: where two rounds on a loaded machine once read channels-last 3.7x slower (20 rounds:
+#: 0.75x), so the screen takes many rounds before it may skip the full shape.
+SCREEN_BUDGET_S = 0.05
 
 #: Channels-last is kept unless the default layout is this much faster: channels-last
 #: avoids oneDNN's transient reorder copies (forward peak 1x the output against 3x).
@@ -96,6 +100,7 @@ def probe_cpu_layout(
     dtype: torch.dtype,
     *,
     budget_s: float = PROBE_BUDGET_S,
+    screen_budget_s: float = SCREEN_BUDGET_S,
     timer: LayoutTimer = time_conv_step,
 ) -> ProbeResult:
     """Time both layouts in alternation and choose by the best time of each.
@@ -109,7 +114,7 @@ def probe_cpu_layout(
     if rank not in PROBE_SHAPES:
         raise ValueError(f"the layout probe knows 2-D and 3-D convolutions, got rank {rank}")
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
-        return _probe(rank, dtype, budget_s, timer)
+        return _probe(rank, dtype, budget_s, screen_budget_s, timer)
 
 
 def _best_times(
@@ -134,8 +139,10 @@ def _work(rank: int, shapes: Mapping[int, tuple[int, int]]) -> int:
     return channels**2 * size**rank  # multiply-adds of a 3x3 convolution, up to a constant
 
 
-def _probe(rank: int, dtype: torch.dtype, budget_s: float, timer: LayoutTimer) -> ProbeResult:
-    screen, rounds = _best_times(timer, rank, dtype, SCREEN_SHAPES[rank], 0.0)
+def _probe(
+    rank: int, dtype: torch.dtype, budget_s: float, screen_budget_s: float, timer: LayoutTimer
+) -> ProbeResult:
+    screen, rounds = _best_times(timer, rank, dtype, SCREEN_SHAPES[rank], screen_budget_s)
     ratio = screen["channels_last"] / screen["contiguous"]
     full_step_s = max(screen.values()) * _work(rank, PROBE_SHAPES) / _work(rank, SCREEN_SHAPES)
     if not 1 / GROSS_RATIO <= ratio <= GROSS_RATIO or full_step_s > MAX_FULL_STEP_S:
