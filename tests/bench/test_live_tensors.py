@@ -31,3 +31,12 @@ def test_backward_buffers_count() -> None:
     # The (512, 256) product and its relu are alive at once in the forward.
     assert live.peak_bytes >= 2 * 512 * 256 * 4
     assert live.current_bytes == weight.grad.untyped_storage().nbytes()
+
+
+def test_meta_tensors_hold_no_memory() -> None:
+    real = torch.randn(4, 4)
+    with LiveTensorPeak() as live:
+        shape_only = torch.empty_like(real, device="meta").expand(1024, 4, 4).contiguous()
+        kept = torch.empty(256, 256)  # 256 KiB
+    assert shape_only.device.type == "meta"
+    assert live.peak_bytes == kept.untyped_storage().nbytes()

@@ -33,6 +33,8 @@ class _Counter(TorchDispatchMode):
         self.current -= size
 
     def _track(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "meta":  # shape-only: holds no memory
+            return
         storage = tensor.untyped_storage()
         size = storage.nbytes()
         key = id(storage)
