@@ -8,6 +8,7 @@ operations (batch norm, ReLU) are recomputed in backward from saved statistics
 from __future__ import annotations
 
 from concatnets._version import __version__
+from concatnets.convert import memory_efficient, restore
 from concatnets.models import create_model, list_models
 from concatnets.ops import center_crop_to, concatenate, pad_to
 
@@ -17,5 +18,7 @@ __all__ = [
     "concatenate",
     "create_model",
     "list_models",
+    "memory_efficient",
     "pad_to",
+    "restore",
 ]
