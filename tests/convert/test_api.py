@@ -81,7 +81,10 @@ def test_default_example_input_and_report_text() -> None:
     model = _naive_densenet()
     converted, report = concatnets.memory_efficient(model, report=True)
     assert isinstance(report, ConversionReport)
-    assert str(report).startswith("3 site(s) converted")
+    assert [s.path for s in report.converted if s.kind == "dense block"] == [
+        f"features.denseblock{i}" for i in range(1, 4)
+    ]
+    assert "transition1.norm -> relu -> transition1.conv" in str(report)
     assert converted is model
 
 

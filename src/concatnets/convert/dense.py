@@ -150,9 +150,12 @@ def convert_dense_blocks(
             return
         seen.add(id(module))
         name = names.get(id(module), "?")
-        if is_converted(module):
-            if isinstance(module.__dict__["forward"], DenseBlockForward):
-                report.add(name, KIND, True, "already converted")
+        if isinstance(module.__dict__.get("forward"), DenseBlockForward):
+            report.add(name, KIND, True, "already converted")
+            return
+        if is_converted(module):  # a rewritten graph: its dense blocks are still modules
+            for child in call.children:
+                visit(child)
             return
         if call.children and all(isinstance(_layer_view(c), _LayerView) for c in call.children):
             forward, detail = _try_block(call, policy)
