@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -163,20 +162,24 @@ def convert_dense_blocks(
                 install(module, forward)
             report.add(name, KIND, forward is not None, detail)
             return
-        if _looks_dense(call) and call.module is not root.module:
-            forward_or_none, detail = _try_block(call, policy)
-            assert forward_or_none is None
-            if _cat_of_all(call):
-                report.add(name, KIND, False, detail)
+        if _looks_dense(call) and call.module is not root.module and _cat_of_all(call):
+            # Explain the rejected block once; its layers are not blocks of their own.
+            report.add(name, KIND, False, _rejection(call))
+            return
         for child in call.children:
             visit(child)
 
     visit(root)
 
 
-def _cat_of_all(call: Call) -> Any:
+def _rejection(call: Call) -> str:
+    views = _block_layers(call)
+    return views if isinstance(views, str) else "its layers are not dense layers"
+
+
+def _cat_of_all(call: Call) -> bool:
     """Whether the call's output has the channels of its input plus every child's growth."""
     x, out = (call.args[0] if call.args else None), call.output
     if not isinstance(x, Tensor) or not isinstance(out, Tensor) or x.dim() != out.dim():
         return False
-    return out.shape[1] > x.shape[1] and out.shape[2:] == x.shape[2:]
+    return bool(out.shape[1] > x.shape[1] and out.shape[2:] == x.shape[2:])
