@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -95,3 +96,21 @@ def test_bad_input_is_named() -> None:
         concatnets.memory_efficient(nn.Conv2d(1, 1, 1), policy="fast")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="example_input"):
         concatnets.memory_efficient(nn.Linear(2, 2))
+
+
+def test_converted_model_deep_copies_and_pickles_whole() -> None:
+    model = _naive_densenet()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    concatnets.memory_efficient(model, example_input=x)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    duplicate = copy.deepcopy(model)
+    for other in (loaded, duplicate):
+        assert is_converted(other.features.denseblock1)
+        other.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+        torch.testing.assert_close(duplicate(x), model(x))

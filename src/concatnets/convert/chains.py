@@ -39,18 +39,29 @@ KIND = "chain"
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 
 
+def _as_node(target: Any, *args: Any) -> Any:
+    """Under a trace (unpickling a GraphModule re-traces it), record a call instead."""
+    flat = [a for arg in args for a in (arg if isinstance(arg, list | tuple) else [arg])]
+    proxies = [a for a in flat if isinstance(a, fx.Proxy)]
+    if not proxies:
+        return None
+    return proxies[0].tracer.create_proxy("call_function", target, args, {})
+
+
 def norm_relu_conv(z: Tensor, norm: _BatchNorm, conv: _ConvNd) -> Tensor:
     """``conv(relu(norm(z)))`` on the engine (running statistics updated once)."""
+    traced = _as_node(norm_relu_conv, z, norm, conv)
+    if traced is not None:
+        return traced  # type: ignore[no-any-return]
     return norm_act_conv([NormActPart(z, norm, norm_stats(norm, z))], conv)
 
 
 def cat_conv(parts: Sequence[Tensor], conv: _ConvNd) -> Tensor:
     """``conv(cat(parts, 1))`` on the engine: the concatenation is never stored."""
+    traced = _as_node(cat_conv, list(parts), conv)
+    if traced is not None:
+        return traced  # type: ignore[no-any-return]
     return norm_act_conv([NormActPart(t, activation=False) for t in parts], conv)
-
-
-torch.fx.wrap("norm_relu_conv")
-torch.fx.wrap("cat_conv")
 
 
 def _fused_relu(norm: nn.Module) -> bool | None:
