@@ -13,6 +13,7 @@ from concatnets._allocator import configure_allocator
 configure_allocator()
 
 from concatnets._version import __version__  # noqa: E402
+from concatnets.convert import memory_efficient, restore  # noqa: E402
 from concatnets.models import create_model, list_models  # noqa: E402
 from concatnets.ops import center_crop_to, concatenate, pad_to  # noqa: E402
 
@@ -22,5 +23,7 @@ __all__ = [
     "concatenate",
     "create_model",
     "list_models",
+    "memory_efficient",
     "pad_to",
+    "restore",
 ]

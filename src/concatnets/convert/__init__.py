@@ -1,0 +1,14 @@
+"""Bring your own network: convert a model's concatenation sites to the memory engine.
+
+``concatnets.memory_efficient(model)`` finds dense blocks (and, where the model traces,
+norm -> act -> conv chains and ``cat -> conv`` decoders) by probing how the model runs,
+checks each proposed site numerically, and installs the engine's forward on it without
+changing parameters, buffers or state-dict keys. ``concatnets.restore(model)`` undoes it.
+"""
+
+from __future__ import annotations
+
+from concatnets.convert.api import memory_efficient, restore
+from concatnets.convert.report import ConversionReport, Site
+
+__all__ = ["ConversionReport", "Site", "memory_efficient", "restore"]
