@@ -40,6 +40,7 @@ from concatnets.data.transforms import (
     parse_augmentations,
 )
 from concatnets.models import create_model, get_model_spec
+from concatnets.models.external import conversion_report
 from concatnets.training.border_weights import unet_weight_map
 from concatnets.training.checkpoint import (
     Checkpoint,
@@ -633,6 +634,9 @@ def _train_in_folder(
         kwargs = model_kwargs_for(config, data)
         _check_sync_batchnorm(config, kwargs)
         model = create_model(config.model, **kwargs)
+        report = conversion_report(model)
+        if report is not None and ctx.is_main:
+            print(f"concatnets.memory_efficient({config.model}): {report}", flush=True)
         if config.init_weights and resume_dir is None:
             _load_initial_weights(model, config.init_weights, config.model)
         model = wrap_model(model, ctx, sync_batchnorm=config.sync_batchnorm)
