@@ -29,6 +29,7 @@ __all__ = [
     "EXTERNAL_FAMILY",
     "LIBRARIES",
     "ExternalLibrary",
+    "LibraryMissingError",
     "conversion_report",
     "external_model_spec",
     "is_external_name",
@@ -138,11 +139,15 @@ def _split(name: str) -> tuple[ExternalLibrary, str]:
     return library, model
 
 
+class LibraryMissingError(ImportError):
+    """The library of a ``LIBRARY:NAME`` model does not import; the message names its package."""
+
+
 def _import(library: ExternalLibrary) -> Any:
     try:
         return importlib.import_module(library.module)
     except ImportError as error:
-        raise ImportError(
+        raise LibraryMissingError(
             f"{library.prefix}: models need the {library.pip!r} package, which does not "
             f"import here ({error}); install it with `pip install {library.pip}`"
         ) from error
@@ -294,7 +299,7 @@ def external_model_spec(name: str) -> ModelSpec:
 
     Raises:
         KeyError: Unknown library or model (with the closest names).
-        ImportError: The library is not installed (names the pip package).
+        LibraryMissingError: The library does not import (names the pip package).
         ValueError: MONAI models whose task a probe forward cannot tell.
     """
     if name in _SPECS:
