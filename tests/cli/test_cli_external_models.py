@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from concatnets.cli.main import main
-from concatnets.models import create_model
+from concatnets.models import create_model, external
+from concatnets.training.config import TrainConfig
+from concatnets.training.runner import default_run_dir
 
 FAST = ["--epochs", "1", "--batch-size", "4", "--no-progress", "--device", "cpu"]
 CELLS = ["--data", "builtin:cells", "--num-images", "8", "--image-size", "32"]
@@ -34,6 +38,12 @@ def test_train_smp_unet_plain_and_memory_efficient(tmp_path, capsys, efficient):
     assert np.isfinite(history[0]["train_loss"]) and "val_dice" in history[0]
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "smp:Unet"
+    # predict rebuilds the model (converted again when it was trained so) from the run.
+    image = tmp_path / "cell.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8)).save(image)
+    args = ["predict", str(run), str(image), "--output", str(tmp_path / "pred")]
+    assert main([*args, "--device", "cpu", "--no-overlay"]) == 0
+    assert np.asarray(Image.open(tmp_path / "pred" / "masks" / "cell.png")).shape == (32, 32)
 
 
 def test_init_weights_from_a_local_state_dict(tmp_path, capsys):
@@ -65,3 +75,19 @@ def test_unknown_library_is_a_one_line_error(tmp_path, capsys):
     args = ["train", "--model", "tochvision:densenet121", *CELLS, *FAST]
     assert main([*args, "--output", str(tmp_path / "run")]) != 0
     assert "Did you mean torchvision:densenet121?" in capsys.readouterr().err
+
+
+def test_missing_library_is_a_one_line_error_naming_the_package(tmp_path, monkeypatch, capsys):
+    absent = dataclasses.replace(external.LIBRARIES["smp"], module="no_such_module_for_smp")
+    monkeypatch.setitem(external.LIBRARIES, "smp", absent)
+    monkeypatch.setattr(external, "_SPECS", {})
+    args = ["train", *SMP_TINY, *CELLS, *FAST, "--output", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: smp:") and "pip install segmentation-models-pytorch" in err
+    assert "Traceback" not in err
+
+
+def test_default_run_folder_has_no_colon():
+    folder = default_run_dir(TrainConfig(model="smp:Unet", data="builtin:cells"))
+    assert folder.name.startswith("smp_Unet-cells-")

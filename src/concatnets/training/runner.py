@@ -165,9 +165,10 @@ class TrainResult:
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<model>-<data>-<YYYYmmdd-HHMMSS>``."""
+    """``runs/<model>-<data>-<YYYYmmdd-HHMMSS>`` (``smp:Unet`` becomes ``smp_Unet``)."""
     data = config.data.replace("builtin:", "").rstrip("/").split("/")[-1] or "data"
-    return Path("runs") / f"{config.model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = config.model.replace(":", "_")  # no colon in a folder name (Windows refuses it)
+    return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _open_validation(config: TrainConfig, data: LabelledData, task: str) -> LabelledData:
