@@ -103,3 +103,23 @@ def test_unknown_constructor_argument_is_a_clear_error():
     pytest.importorskip("monai")
     with pytest.raises(ValueError, match="monai:BasicUNet does not take these arguments"):
         create_model("monai:BasicUNet", features=[4, 4, 8, 8, 16, 4], no_such_argument=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "package", "settings", "output"),
+    [
+        ("torchvision:resnet18", "torchvision", {"in_channels": 3}, (2, 4)),
+        ("timm:resnet18", "timm", {"in_channels": 1}, (2, 4)),
+        ("monai:BasicUNet", "monai", {"in_channels": 1, "features": [4] * 6}, (2, 4, 32, 32)),
+        (
+            "smp:Unet",
+            "segmentation_models_pytorch",
+            {"in_channels": 1, "encoder_depth": 3, "decoder_channels": [8, 8, 4]},
+            (2, 4, 32, 32),
+        ),
+    ],
+)
+def test_real_constructors_get_the_channels_and_classes(name, package, settings, output):
+    pytest.importorskip(package)
+    model = create_model(name, num_classes=4, **settings)
+    assert model(torch.randn(2, settings["in_channels"], 32, 32)).shape == output
