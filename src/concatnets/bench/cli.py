@@ -132,7 +132,8 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--models",
         type=_names,
         default="",
-        help="comma-separated registry names, each at --batch and --image-size",
+        help="comma-separated registry names or LIBRARY:NAME third-party models "
+        "(torchvision:densenet121, smp:Unet, ...), each at --batch and --image-size",
     )
     what.add_argument(
         "--depth-sweep",
