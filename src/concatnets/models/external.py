@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from concatnets.models._registry import ModelSpec
+
+if TYPE_CHECKING:
+    from concatnets.convert import ConversionReport
 
 __all__ = [
     "EXTERNAL_FAMILY",
@@ -116,7 +120,7 @@ _FALLBACK_CHANNELS = 3
 _FALLBACK_CLASSES = 2
 _PROBE_SIDE = 64
 _SPECS: dict[str, ModelSpec] = {}
-_REPORTS: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+_REPORTS: weakref.WeakKeyDictionary[nn.Module, ConversionReport] = weakref.WeakKeyDictionary()
 
 
 def is_external_name(name: str) -> bool:
@@ -186,8 +190,6 @@ def _constructor(library: ExternalLibrary, module: Any, model: str) -> Callable[
 
 def _own_default(constructor: Callable[..., Any], key: str) -> Any:
     """The constructor's default for ``key``, or ``None`` when it has none."""
-    import inspect
-
     try:
         parameter = inspect.signature(constructor).parameters.get(key)
     except (TypeError, ValueError):
@@ -260,9 +262,16 @@ def _probe_task(name: str, build: Callable[..., nn.Module]) -> str:
     raise ValueError(f"cannot tell which task {name} solves from its output; {how}")
 
 
-def _builder(name: str, library: ExternalLibrary, constructor: Callable[..., nn.Module]):
+def _builder(
+    name: str, library: ExternalLibrary, constructor: Callable[..., nn.Module]
+) -> Callable[..., nn.Module]:
     def build(**settings: Any) -> nn.Module:
         memory_efficient = settings.pop("memory_efficient", False)
+        if memory_efficient not in (False, True):
+            raise ValueError(
+                f"{name}: memory_efficient must be True or False, got {memory_efficient!r} "
+                "(third-party models are converted by concatnets.memory_efficient)"
+            )
         kwargs = library_arguments(library, constructor, settings, name=name)
         try:
             model = constructor(**kwargs)
@@ -271,11 +280,6 @@ def _builder(name: str, library: ExternalLibrary, constructor: Callable[..., nn.
                 f"{name} does not take these arguments ({error}); check the --model-arg keys "
                 "against the library's documentation"
             ) from error
-        if memory_efficient not in (False, True):
-            raise ValueError(
-                f"{name}: memory_efficient must be True or False, got {memory_efficient!r} "
-                "(third-party models are converted by concatnets.memory_efficient)"
-            )
         if memory_efficient:
             from concatnets.convert import memory_efficient as convert
 
@@ -286,7 +290,7 @@ def _builder(name: str, library: ExternalLibrary, constructor: Callable[..., nn.
     return build
 
 
-def conversion_report(model: nn.Module) -> Any:
+def conversion_report(model: nn.Module) -> ConversionReport | None:
     """The :class:`~concatnets.convert.ConversionReport` of a model built here, or ``None``.
 
     Only models built with ``memory_efficient=True`` have one.
