@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from concatnets.bench import cli as bench_cli
 from concatnets.bench.presets import FAMILY_MODES, Row, family_modes
 from concatnets.cli.main import main
+from concatnets.models import external
 
 TINY_DENSENET = [
     *("--model-arg", "init_features=8"),
@@ -47,3 +50,11 @@ def test_bench_time_interleaves_naive_and_converted(tmp_path: Path) -> None:
     result = json.loads(output.read_text())
     assert list(result["modes"]) == ["naive", "efficient"]
     assert result["unsupported"] == ["checkpoint"]
+
+
+def test_stand_alone_bench_names_a_missing_library(monkeypatch) -> None:
+    absent = dataclasses.replace(external.LIBRARIES["smp"], module="no_such_module_for_smp")
+    monkeypatch.setitem(external.LIBRARIES, "smp", absent)
+    monkeypatch.setattr(external, "_SPECS", {})
+    with pytest.raises(SystemExit, match="pip install segmentation-models-pytorch"):
+        bench_cli.main(["memory", "--models", "smp:Unet"])

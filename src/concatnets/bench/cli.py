@@ -257,11 +257,12 @@ def _rows(args: argparse.Namespace) -> list[Row]:
 
 def _check_models(names: Sequence[str]) -> None:
     from concatnets.models import get_model_spec
+    from concatnets.models.external import LibraryMissingError
 
     for name in names:
         try:
             get_model_spec(name)
-        except KeyError as error:
+        except (KeyError, LibraryMissingError) as error:
             raise SystemExit(f"concatnets bench memory: {error.args[0]}") from None
 
 
