@@ -132,7 +132,8 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--models",
         type=_names,
         default="",
-        help="comma-separated registry names, each at --batch and --image-size",
+        help="comma-separated registry names or LIBRARY:NAME third-party models "
+        "(torchvision:densenet121, smp:Unet, ...), each at --batch and --image-size",
     )
     what.add_argument(
         "--depth-sweep",
@@ -256,11 +257,12 @@ def _rows(args: argparse.Namespace) -> list[Row]:
 
 def _check_models(names: Sequence[str]) -> None:
     from concatnets.models import get_model_spec
+    from concatnets.models.external import LibraryMissingError
 
     for name in names:
         try:
             get_model_spec(name)
-        except KeyError as error:
+        except (KeyError, LibraryMissingError) as error:
             raise SystemExit(f"concatnets bench memory: {error.args[0]}") from None
 
 

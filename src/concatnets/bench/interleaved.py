@@ -138,7 +138,11 @@ def add_time_parser(subparsers: Any) -> argparse.ArgumentParser:
         "  concatnets bench time --model densenet121 --batch 32 --image-size 224 "
         "--device cuda --amp fp16",
     )
-    parser.add_argument("--model", required=True, help="registry name, e.g. densenet_bc_100")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="registry name, e.g. densenet_bc_100, or LIBRARY:NAME, e.g. torchvision:densenet121",
+    )
     parser.add_argument(
         "--modes",
         default="naive,checkpoint,efficient",

@@ -26,6 +26,7 @@ from concatnets.cli.common import (
     epilog,
     unrecognized_arguments_message,
 )
+from concatnets.models.external import LibraryMissingError
 
 __all__ = ["build_parser", "main"]
 
@@ -36,6 +37,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     NotADirectoryError,
     PermissionError,
+    LibraryMissingError,
 )
 
 # Python 3.14's argparse suggests the closest subcommand or choice for a typo.

@@ -55,7 +55,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model", metavar="NAME", default=s, help="registry name" + _default("model")
+        "--model",
+        metavar="NAME",
+        default=s,
+        help="registry name, or a third-party LIBRARY:NAME (torchvision:densenet121, "
+        "timm:densenet121, monai:BasicUNet, smp:Unet)" + _default("model"),
     )
     model.add_argument(
         "--model-arg",

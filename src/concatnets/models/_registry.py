@@ -65,8 +65,16 @@ def _ensure_builtin_models_loaded() -> None:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """Return the spec of ``name`` or raise a ``KeyError`` listing close names."""
+    """Return the spec of ``name`` or raise a ``KeyError`` listing close names.
+
+    ``LIBRARY:NAME`` (``torchvision:densenet121``, ``monai:BasicUNet``, ...) names a
+    third-party model (:mod:`concatnets.models.external`).
+    """
     _ensure_builtin_models_loaded()
+    if ":" in name and name not in _REGISTRY:
+        from concatnets.models.external import external_model_spec
+
+        return external_model_spec(name)
     try:
         return _REGISTRY[name]
     except KeyError:

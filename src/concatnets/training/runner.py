@@ -40,6 +40,7 @@ from concatnets.data.transforms import (
     parse_augmentations,
 )
 from concatnets.models import create_model, get_model_spec
+from concatnets.models.external import conversion_report
 from concatnets.training.border_weights import unet_weight_map
 from concatnets.training.checkpoint import (
     Checkpoint,
@@ -164,9 +165,10 @@ class TrainResult:
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<model>-<data>-<YYYYmmdd-HHMMSS>``."""
+    """``runs/<model>-<data>-<YYYYmmdd-HHMMSS>`` (``smp:Unet`` becomes ``smp_Unet``)."""
     data = config.data.replace("builtin:", "").rstrip("/").split("/")[-1] or "data"
-    return Path("runs") / f"{config.model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = config.model.replace(":", "_")  # no colon in a folder name (Windows refuses it)
+    return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _open_validation(config: TrainConfig, data: LabelledData, task: str) -> LabelledData:
@@ -633,6 +635,9 @@ def _train_in_folder(
         kwargs = model_kwargs_for(config, data)
         _check_sync_batchnorm(config, kwargs)
         model = create_model(config.model, **kwargs)
+        report = conversion_report(model)
+        if report is not None and ctx.is_main:
+            print(f"concatnets.memory_efficient({config.model}): {report}", flush=True)
         if config.init_weights and resume_dir is None:
             _load_initial_weights(model, config.init_weights, config.model)
         model = wrap_model(model, ctx, sync_batchnorm=config.sync_batchnorm)
