@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import builtins
+import sys
 
 import pytest
 import torch
@@ -30,15 +30,9 @@ def test_unknown_model_names_the_closest_one():
 
 
 def test_missing_library_names_its_pip_package(monkeypatch):
-    real_import = builtins.__import__
-
-    def refuse_smp(name, *args, **kwargs):
-        if name.startswith("segmentation_models_pytorch"):
-            raise ImportError("No module named 'segmentation_models_pytorch'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", refuse_smp)
-    monkeypatch.delitem(__import__("sys").modules, "segmentation_models_pytorch", raising=False)
+    # None in sys.modules makes every import of the package fail, whether or not an earlier
+    # test imported it already (a patched builtins.__import__ misses importlib's cache).
+    monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)
     with pytest.raises(ImportError, match="pip install segmentation-models-pytorch"):
         external_model_spec("smp:NotCachedName")
 
