@@ -16,11 +16,12 @@ from typing import Literal
 
 import torch
 import torch.utils.checkpoint as cp
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "EngineModeUnavailableError",
     "InterimMemoryMode",
+    "InterimMemoryModel",
     "check_interim_mode",
     "run_maybe_checkpointed",
 ]
@@ -51,6 +52,25 @@ def check_interim_mode(model_name: str, memory_efficient: object) -> InterimMemo
         f"{model_name} memory_efficient must be False (plain) or 'checkpoint', "
         f"got {memory_efficient!r}"
     )
+
+
+class InterimMemoryModel(nn.Module):
+    """A model whose memory modes are ``False`` and ``"checkpoint"`` for now.
+
+    ``memory_efficient`` is read on every forward, so assigning it switches the mode at
+    any time; assigning anything else (``True`` among it) raises.
+    """
+
+    _memory_efficient: InterimMemoryMode = False
+
+    @property
+    def memory_efficient(self) -> InterimMemoryMode:
+        """``False`` or ``"checkpoint"``."""
+        return self._memory_efficient
+
+    @memory_efficient.setter
+    def memory_efficient(self, mode: InterimMemoryMode) -> None:
+        self._memory_efficient = check_interim_mode(type(self).__name__, mode)
 
 
 def run_maybe_checkpointed(

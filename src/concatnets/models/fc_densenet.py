@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from concatnets.models._interim_memory import (
     InterimMemoryMode,
-    check_interim_mode,
+    InterimMemoryModel,
     run_maybe_checkpointed,
 )
 from concatnets.models._registry import register_model
@@ -114,7 +114,7 @@ class TransitionUp(nn.Module):
         return self.conv(x)  # (N, C, *2 * spatial)
 
 
-class FCDenseNet(nn.Module):
+class FCDenseNet(InterimMemoryModel):
     """Fully convolutional DenseNet (Jégou et al. 2017, arXiv 1611.09326), 2-D or 3-D.
 
     Layout (module names are state-dict keys): ``first_conv``; ``down_blocks[l]`` and
@@ -195,16 +195,6 @@ class FCDenseNet(nn.Module):
             upsampled = num_layers * growth_rate
         self.head = _CONV[spatial_dims](channels, num_classes, 1)
         self._init_weights()
-
-    @property
-    def memory_efficient(self) -> InterimMemoryMode:
-        """``False`` or ``"checkpoint"``; read on every forward, so assigning switches the
-        mode at any time, and assigning anything else (``True`` among it) raises."""
-        return self._memory_efficient
-
-    @memory_efficient.setter
-    def memory_efficient(self, mode: InterimMemoryMode) -> None:
-        self._memory_efficient = check_interim_mode(type(self).__name__, mode)
 
     def _init_weights(self) -> None:
         # The paper's code: He-uniform weights (He et al. 2015), zero biases.

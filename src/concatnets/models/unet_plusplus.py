@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from concatnets.models._interim_memory import (
     InterimMemoryMode,
-    check_interim_mode,
+    InterimMemoryModel,
     run_maybe_checkpointed,
 )
 from concatnets.models._registry import register_model
@@ -75,7 +75,7 @@ class NestedNode(nn.Module):
         return self.block(x)  # (N, C, *spatial)
 
 
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(InterimMemoryModel):
     """UNet++ (Zhou et al. 2018, arXiv 1807.10165), 2-D or 3-D.
 
     Layout (module names are state-dict keys): ``encoder[i]`` is ``X(i, 0)``, ``pool``
@@ -149,16 +149,6 @@ class UNetPlusPlus(nn.Module):
             conv(features, num_classes, 1) for _ in range(depth - 1 if deep_supervision else 0)
         )
         self._init_weights()
-
-    @property
-    def memory_efficient(self) -> InterimMemoryMode:
-        """``False`` or ``"checkpoint"``; read on every forward, so assigning switches the
-        mode at any time, and assigning anything else (``True`` among it) raises."""
-        return self._memory_efficient
-
-    @memory_efficient.setter
-    def memory_efficient(self, mode: InterimMemoryMode) -> None:
-        self._memory_efficient = check_interim_mode(type(self).__name__, mode)
 
     def _init_weights(self) -> None:
         # As ``unet``: He-normal convolutions (Ronneberger et al. 2015, Sec. 3), zero biases.
