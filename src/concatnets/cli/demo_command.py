@@ -26,8 +26,8 @@ from concatnets.training.runner import run_training
 __all__ = ["DEMO_CONFIG", "DEMO_DURATION", "add_parser", "cli_hint", "compare_memory", "run"]
 
 DEMO_DURATION = (
-    "about 2 minutes of CPU time: 231 s wall on a 2-core Intel Xeon shared with other jobs, "
-    "plus 51 s for make demo's one-time setup of .venv"
+    "32 s wall (34 s of CPU time) on an idle 2-core Intel Xeon, 231 s wall on the same "
+    "machine shared with other jobs, plus 51 s for make demo's one-time setup of .venv"
 )
 """How long the demo takes, with the conditions it was measured under (README, docs, --help)."""
 
