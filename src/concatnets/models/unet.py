@@ -35,6 +35,7 @@ __all__ = [
     "UpBlock",
     "UpsampleConv",
     "check_valid_input_size",
+    "init_unet_weights",
     "nearest_valid_input_sizes",
     "unet_input_size_for_output",
     "unet_output_size",
@@ -189,6 +190,21 @@ class UpBlock(nn.Module):
         return self.block(torch.cat([skip, up], dim=1))  # (N, out_channels, *2 * spatial)
 
 
+def init_unet_weights(model: nn.Module) -> None:
+    """Ronneberger et al. 2015, Sec. 3: Gaussian weights with std sqrt(2 / N), N the
+    incoming nodes per unit (He-normal for convolutions), zero biases."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            # Kernel == stride: each output unit sees one tap of every input channel.
+            nn.init.normal_(module.weight, std=math.sqrt(2.0 / module.in_channels))
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class UNet(nn.Module):
     """U-Net (Ronneberger et al. 2015, arXiv 1505.04597), 2-D or 3-D.
 
@@ -290,17 +306,7 @@ class UNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # Paper Sec. 3: Gaussian weights with std sqrt(2 / N), N = incoming nodes per unit.
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                # Kernel == stride: each output unit sees one tap of every input channel.
-                nn.init.normal_(module.weight, std=math.sqrt(2.0 / module.in_channels))
-            else:
-                continue
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        init_unet_weights(self)
 
     def output_size(self, input_size: tuple[int, ...]) -> tuple[int, ...]:
         """Spatial output size for ``input_size``; raises for sizes valid padding refuses."""

@@ -22,7 +22,6 @@ Registered variants: ``unet_plusplus`` (the paper's configuration) and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -35,7 +34,13 @@ from concatnets.models._interim_memory import (
 )
 from concatnets.models._registry import register_model
 from concatnets.models.fc_densenet import _check_input, _pad_to_multiple
-from concatnets.models.unet import ConvBlock, Normalization, _check_choice, _check_config
+from concatnets.models.unet import (
+    ConvBlock,
+    Normalization,
+    _check_choice,
+    _check_config,
+    init_unet_weights,
+)
 
 __all__ = ["NestedNode", "UNetPlusPlus"]
 
@@ -148,19 +153,7 @@ class UNetPlusPlus(InterimMemoryModel):
         self.side_heads = nn.ModuleList(
             conv(features, num_classes, 1) for _ in range(depth - 1 if deep_supervision else 0)
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # As ``unet``: He-normal convolutions (Ronneberger et al. 2015, Sec. 3), zero biases.
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
-                nn.init.normal_(module.weight, std=math.sqrt(2.0 / module.in_channels))
-            else:
-                continue
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        init_unet_weights(self)  # as unet
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes, *spatial)``: the head on ``X(0, depth)``, or with deep
