@@ -143,6 +143,17 @@ def _tiff_memmap(path: Path) -> np.ndarray | None:
     return None
 
 
+def _tiff_instead(path: Path, exc: BaseException) -> np.ndarray:
+    """The TIFF memory map to use where Pillow refused ``path`` with ``exc``; re-raises a
+    pixel-limit refusal, and any other error as unreadable, when there is none."""
+    mapped = _tiff_memmap(path)
+    if mapped is not None:
+        return mapped
+    if isinstance(exc, PixelLimitError):
+        raise exc
+    raise _unreadable(path, exc) from exc
+
+
 @contextlib.contextmanager
 def _open_pillow(path: Path) -> Iterator[Image.Image]:
     """``Image.open`` with :func:`max_image_pixels` checked on the header, before decoding.
@@ -257,12 +268,7 @@ def probe_image(path: Path) -> ImageInfo:
                 image.verify()
             return ImageInfo(height, width, 3 if colour else 1)
     except (PixelLimitError, *_DECODE_ERRORS) as exc:
-        mapped = _tiff_memmap(path)
-        if mapped is None and isinstance(exc, PixelLimitError):
-            raise
-        if mapped is None:
-            raise _unreadable(path, exc) from exc
-        array = mapped
+        array = _tiff_instead(path, exc)
     channels = _channels_of_array(array, path)
     shape = tuple(int(v) for v in array.shape)
     if array_spatial_dims(shape) == 3:
@@ -321,12 +327,7 @@ def read_image(path: Path, mmap: bool = False) -> np.ndarray:
                     image = image.convert("L")
                 array = _pil_to_array(image)
         except (PixelLimitError, *_DECODE_ERRORS) as exc:
-            mapped = _tiff_memmap(path)
-            if mapped is None and isinstance(exc, PixelLimitError):
-                raise
-            if mapped is None:
-                raise _unreadable(path, exc) from exc
-            array = mapped
+            array = _tiff_instead(path, exc)
     else:
         array = _read_raw(path, mmap)
     _channels_of_array(array, path)
