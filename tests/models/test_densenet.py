@@ -166,3 +166,18 @@ def test_torch_compile_runs_the_engine() -> None:
     reference = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), reference(x))
+
+
+def test_engine_transitions_reuse_the_blocks_moments(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each dense block hands its output's per-channel moments to the transition after it:
+    # the transitions' norm_stats never measure their input again.
+    from concatnets.engine import stats
+
+    model = tiny(True, depth=16)
+
+    def forbidden(x: torch.Tensor) -> None:
+        raise AssertionError(f"batch moments of a {tuple(x.shape)} input computed again")
+
+    monkeypatch.setattr(stats, "batch_moments", forbidden)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert model.features.transition2.norm.num_batches_tracked.item() == 1

@@ -1,6 +1,8 @@
 """The memory engine: shared feature buffers and recompute-from-statistics autograd.
 
-Knows nothing of models. DenseNet uses :func:`dense_block` and :func:`norm_act_conv`;
+Knows nothing of models. DenseNet and FC-DenseNet use :func:`run_dense_block` (layers
+described by :class:`DenseLayerSpec`, the block input given as parts, the output's
+:class:`ChannelMoments` handed to the next normalisation) and :func:`norm_act_conv`;
 U-Net uses :func:`norm_act_conv` for every convolution (skips written into the decoder's
 concatenation, pooling and up-convolution recomputed in backward). Its memory layout is
 chosen per machine; :func:`set_layout` and :func:`use_layout` override it and
@@ -9,20 +11,30 @@ chosen per machine; :func:`set_layout` and :func:`use_layout` override it and
 
 from __future__ import annotations
 
-from concatnets.engine.block_buffer import BottleneckPolicy, DenseLayerLike, dense_block
+from concatnets.engine.block_buffer import (
+    BottleneckPolicy,
+    DenseBlockOutput,
+    dense_block,
+    run_dense_block,
+)
+from concatnets.engine.dense_layer import ChannelMoments, DenseLayerLike, DenseLayerSpec
 from concatnets.engine.layout_choice import layout_decisions, set_layout, use_layout
 from concatnets.engine.parts_conv import NormActPart, norm_act_conv
 from concatnets.engine.stats import NormStats, norm_stats
 
 __all__ = [
     "BottleneckPolicy",
+    "ChannelMoments",
+    "DenseBlockOutput",
     "DenseLayerLike",
+    "DenseLayerSpec",
     "NormActPart",
     "NormStats",
     "dense_block",
     "layout_decisions",
     "norm_act_conv",
     "norm_stats",
+    "run_dense_block",
     "set_layout",
     "use_layout",
 ]

@@ -1,38 +1,49 @@
 """A dense block on one shared feature buffer and one shared gradient buffer.
 
 Implements the memory-efficient DenseNet of Pleiss et al. 2017 ("Memory-Efficient
-Implementation of DenseNets", arXiv 1707.06990) for layers of the form
-BN -> ReLU -> conv (1x1 bottleneck) -> BN -> ReLU -> conv (3x3) -> dropout
-(Huang et al. 2017, DenseNet-BC):
+Implementation of DenseNets", arXiv 1707.06990) for the layers of
+:class:`~concatnets.engine.dense_layer.DenseLayerSpec`: DenseNet-BC's
+BN -> ReLU -> 1x1 conv -> BN -> ReLU -> 3x3 conv -> dropout and FC-DenseNet's
+BN -> ReLU -> 3x3 conv -> dropout (Jégou et al. 2017):
 
-* Forward writes every layer's new channels into its slice of one pre-allocated buffer
-  ``(N, C0 + L * k, *spatial)``; layer ``l`` reads the view ``buffer[:, :C0 + l * k]``.
-  Concatenation is a view, never a copy, and the block's output is the buffer itself.
-* Batch statistics of each channel are computed once, when the channel is written: every
-  later layer normalises the same data, so its batch-norm mean and variance are the same
-  numbers (only the affine parameters differ). Running statistics are updated once per
-  layer per forward, exactly as in the naive network.
+* Forward writes the block's input parts (e.g. an FC-DenseNet up block's
+  ``[skip, upsampled]``) once into one pre-allocated buffer ``(N, C0 + L * k, *spatial)``,
+  then every layer's new channels into their slice; layer ``l`` reads the view
+  ``buffer[:, :C0 + l * k]``. Concatenation is a view, never a copy, the block's output is
+  the buffer itself, and nothing but the buffer is stored for the input parts.
+* Batch statistics of each channel are computed once, when the channel is written (or
+  handed in with a part): every later layer normalises the same data, so its batch-norm
+  mean and variance are the same numbers (only the affine parameters differ). Running
+  statistics are updated once per layer per forward, exactly as in the naive network. The
+  moments of every output channel are returned for whatever normalises the output next.
 * Backward walks the layers in reverse, recomputes the normalised, rectified input of each
   layer from the saved statistics, and accumulates input gradients in place in one shared
   gradient buffer (no per-layer gradient tensors kept alive by narrow views).
 
 Memory kept between forward and backward is linear in depth: the buffer, per-channel
-statistics, dropout masks, and (policy ``"keep"``) each layer's bottleneck output, or
-(policy ``"recompute"``) nothing else at the price of one more 1x1 convolution per layer.
+statistics, dropout masks, and (policy ``"keep"``, bottleneck layers only) each layer's
+bottleneck output, or (policy ``"recompute"``) nothing else at the price of one more 1x1
+convolution per layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.conv import conv_backward, conv_forward
+from concatnets.engine.dense_layer import (
+    WEIGHTS_PER_LAYER,
+    ChannelMoments,
+    DenseLayerLike,
+    DenseLayerSpec,
+    LayerWeights,
+    dense_layer_spec,
+)
 from concatnets.engine.precision import in_engine_precision, is_reduced, stats_dtype
 from concatnets.engine.stats import (
     NormStats,
@@ -45,36 +56,23 @@ from concatnets.engine.stats import (
     uses_batch_stats,
 )
 
-__all__ = ["BottleneckPolicy", "DenseLayerLike", "dense_block"]
+__all__ = ["BottleneckPolicy", "DenseBlockOutput", "dense_block", "run_dense_block"]
 
 BottleneckPolicy = Literal["keep", "recompute"]
 
-# Tensors per layer passed to the autograd function, in this order.
-_PARAMS_PER_LAYER = 8
 
+class DenseBlockOutput(NamedTuple):
+    """What :func:`run_dense_block` returns.
 
-class DenseLayerLike(Protocol):
-    """What the engine needs of a dense layer (the model's module provides it)."""
+    Attributes:
+        features: The shared buffer ``(N, C0 + L * k, *spatial)``: the input parts, then
+            each layer's new maps.
+        moments: Batch mean and biased variance of every channel of ``features``, or None
+            when no layer normalised with batch statistics (eval mode).
+    """
 
-    norm1: _BatchNorm
-    conv1: _ConvNd
-    norm2: _BatchNorm
-    conv2: _ConvNd
-    drop_rate: float
-    training: bool
-
-
-def _layer_params(layer: DenseLayerLike) -> list[Tensor | None]:
-    return [
-        layer.norm1.weight,
-        layer.norm1.bias,
-        layer.conv1.weight,
-        layer.conv1.bias,
-        layer.norm2.weight,
-        layer.norm2.bias,
-        layer.conv2.weight,
-        layer.conv2.bias,
-    ]
+    features: Tensor
+    moments: ChannelMoments | None
 
 
 @dataclass
@@ -82,17 +80,17 @@ class _LayerRecord:
     """What one layer keeps from forward for backward."""
 
     stats1: NormStats
-    stats2: NormStats
+    stats2: NormStats | None  # None without a bottleneck
     bottleneck: Tensor | None  # conv1 output before norm2 (policy "keep")
     dropout_mask: Tensor | None  # bool, True where kept
     drop_scale: float
 
 
-def _growth(layer: DenseLayerLike) -> int:
-    return int(layer.conv2.out_channels)
+def _layer_weights(params: Sequence[Tensor | None], index: int) -> LayerWeights:
+    return LayerWeights(*params[index * WEIGHTS_PER_LAYER : (index + 1) * WEIGHTS_PER_LAYER])  # type: ignore[arg-type]
 
 
-def _check_layers(layers: Sequence[DenseLayerLike], in_channels: int) -> None:
+def _check_layers(layers: Sequence[DenseLayerSpec], in_channels: int) -> None:
     channels = in_channels
     for index, layer in enumerate(layers):
         if layer.conv1.in_channels != channels:
@@ -100,24 +98,35 @@ def _check_layers(layers: Sequence[DenseLayerLike], in_channels: int) -> None:
                 f"dense layer {index} expects {layer.conv1.in_channels} input channels but the "
                 f"block gives it {channels}; build layer {index} with in_channels={channels}"
             )
-        channels += _growth(layer)
+        channels += layer.growth
 
 
 class _DenseBlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        layers: Sequence[DenseLayerLike],
+        layers: Sequence[DenseLayerSpec],
         policy: BottleneckPolicy,
-        x: Tensor,
-        *params: Tensor | None,
-    ) -> Tensor:
-        buffer, records = _forward(layers, x, params, policy=policy, record=True)
+        part_moments: Sequence[ChannelMoments | None],
+        num_parts: int,
+        *tensors: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        parts = tensors[:num_parts]
+        params = tensors[num_parts:]
+        buffer, moments, records = _forward(
+            layers,
+            parts,  # type: ignore[arg-type]
+            part_moments,
+            params,
+            policy=policy,
+            record=True,
+        )
         ctx.layers = layers
-        ctx.in_channels = x.shape[1]
+        ctx.part_channels = [int(p.shape[1]) for p in parts]  # type: ignore[union-attr]
         # Per-channel statistics are tiny and stay on ctx; every activation-sized tensor goes
         # through save_for_backward, so autograd frees it right after backward (and keeps it
-        # for a second backward with retain_graph=True).
+        # for a second backward with retain_graph=True). The input parts are not saved:
+        # their values are the buffer's first channels.
         ctx.stats = [(r.stats1, r.stats2, r.drop_scale) for r in records]
         ctx.num_params = len(params)
         ctx.save_for_backward(
@@ -126,12 +135,15 @@ class _DenseBlockFunction(torch.autograd.Function):
             *(r.bottleneck for r in records),
             *(r.dropout_mask for r in records),
         )
-        return buffer
+        empty = buffer.new_empty(0, dtype=stats_dtype(buffer.dtype))
+        mean, var = moments if moments is not None else (empty, empty)
+        ctx.mark_non_differentiable(mean, var)
+        return buffer, mean, var
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor, *_moment_grads: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         saved = ctx.saved_tensors
-        layers: Sequence[DenseLayerLike] = ctx.layers
+        layers: Sequence[DenseLayerSpec] = ctx.layers
         count = len(layers)
         buffer = saved[0]
         params = saved[1 : 1 + ctx.num_params]
@@ -140,28 +152,33 @@ class _DenseBlockFunction(torch.autograd.Function):
         # One gradient buffer for the whole block, accumulated in place.
         grad_buffer = grad_output.clone(memory_format=torch.contiguous_format)
         param_grads: list[Tensor | None] = [None] * len(params)
-        channels = ctx.in_channels + sum(_growth(layer) for layer in layers)
+        channels = buffer.shape[1]
         workspace = _Workspace(buffer)
         for index in reversed(range(count)):
             layer = layers[index]
             stats1, stats2, drop_scale = ctx.stats[index]
             record = _LayerRecord(stats1, stats2, bottlenecks[index], masks[index], drop_scale)
-            growth = _growth(layer)
-            channels -= growth
-            w = params[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER]
+            channels -= layer.growth
             grads = _layer_backward(
                 layer,
                 record,
-                w,
+                _layer_weights(params, index),
                 buffer.narrow(1, 0, channels),
-                grad_buffer.narrow(1, channels, growth),
+                grad_buffer.narrow(1, channels, layer.growth),
                 grad_buffer.narrow(1, 0, channels),
                 workspace,
             )
             del record
-            param_grads[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER] = grads
-        grad_x = grad_buffer.narrow(1, 0, ctx.in_channels).clone()
-        return (None, None, grad_x, *param_grads)
+            param_grads[index * WEIGHTS_PER_LAYER : (index + 1) * WEIGHTS_PER_LAYER] = grads
+        # Each part's gradient is its own tensor: a narrow view would keep the whole
+        # gradient buffer alive as long as any part's consumer holds it.
+        part_grads: list[Tensor | None] = []
+        start = 0
+        for index, width in enumerate(ctx.part_channels):
+            needed = ctx.needs_input_grad[4 + index]
+            part_grads.append(grad_buffer.narrow(1, start, width).clone() if needed else None)
+            start += width
+        return (None, None, None, None, *part_grads, *param_grads)
 
 
 def _chunks(channels: int, width: int) -> list[tuple[int, int]]:
@@ -176,9 +193,9 @@ def _chunks(channels: int, width: int) -> list[tuple[int, int]]:
 _CHUNK_ELEMENTS = 8 * 2**20
 
 
-def _chunk_width(layer: DenseLayerLike, features: Tensor) -> int:
-    # At least one bottleneck's width, so backward's transients stay about what one layer
-    # keeps anyway: memory stays linear in depth.
+def _chunk_width(layer: DenseLayerSpec, features: Tensor) -> int:
+    # At least the width of conv1's output, so backward's transients stay about what one
+    # layer keeps anyway: memory stays linear in depth.
     per_channel = features.numel() // max(features.shape[1], 1)
     return max(int(layer.conv1.out_channels), _CHUNK_ELEMENTS // max(per_channel, 1))
 
@@ -210,9 +227,9 @@ def _narrow(t: Tensor | None, dim: int, start: int, length: int) -> Tensor | Non
     return None if t is None else t.narrow(dim, start, length)
 
 
-def _bottleneck(
-    layer: DenseLayerLike,
-    w: Sequence[Tensor | None],
+def _first_conv(
+    layer: DenseLayerSpec,
+    w: LayerWeights,
     features: Tensor,
     stats1: NormStats,
     workspace: _Workspace,
@@ -231,47 +248,77 @@ def _bottleneck(
             chunk = workspace.get("chunk", tuple(chunk.shape)).copy_(chunk)
         y1 = norm_act(
             chunk,
-            _narrow(w[0], 0, start, length),
-            _narrow(w[1], 0, start, length),
+            _narrow(w.norm1_weight, 0, start, length),
+            _narrow(w.norm1_bias, 0, start, length),
             stats1.narrow(start, length),
             out=workspace.get("y1", tuple(chunk.shape)),
         )
         part = conv_forward(
             layer.conv1,
             y1,
-            w[2].narrow(1, start, length),  # type: ignore[union-attr]
-            w[3] if out is None else None,
+            w.conv1_weight.narrow(1, start, length),
+            w.conv1_bias if out is None else None,
         )
         out = part if out is None else out.add_(part)
     assert out is not None
     return out
 
 
+def _write_parts(
+    parts: Sequence[Tensor],
+    part_moments: Sequence[ChannelMoments | None],
+    total: int,
+    need_moments: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The block's buffer with the parts written into its first channels, and the
+    per-channel moments tensors (parts' moments filled in, handed in or computed)."""
+    first = parts[0]
+    buffer = first.new_empty((first.shape[0], total, *first.shape[2:]))  # (N, C0 + L*k, *spatial)
+    moments_dtype = stats_dtype(first.dtype)  # float32 under autocast
+    means = first.new_empty(total, dtype=moments_dtype) if need_moments else None
+    variances = first.new_empty(total, dtype=moments_dtype) if need_moments else None
+    start = 0
+    for part, known in zip(parts, part_moments, strict=True):
+        width = part.shape[1]
+        buffer.narrow(1, start, width).copy_(part)
+        if means is not None and variances is not None:
+            m, v = known if known is not None else batch_moments(part)
+            means[start : start + width], variances[start : start + width] = m, v
+        start += width
+    return buffer, means, variances
+
+
+def _dropout_(layer: DenseLayerSpec, new: Tensor) -> tuple[Tensor | None, float]:
+    """Apply the layer's dropout to ``new`` in place; the kept-mask and the scale."""
+    rate = layer.active_drop_rate
+    if rate <= 0:
+        return None, 1.0
+    keep = 1.0 - rate
+    # Same draw as F.dropout on CPU: bernoulli_(1 - p) on a tensor shaped like ``new``.
+    noise = torch.empty_like(new).bernoulli_(keep)
+    scale = 1.0 / keep
+    new.mul_(noise).mul_(scale)
+    return noise.bool(), scale
+
+
 def _forward(
-    layers: Sequence[DenseLayerLike],
-    x: Tensor,
+    layers: Sequence[DenseLayerSpec],
+    parts: Sequence[Tensor],
+    part_moments: Sequence[ChannelMoments | None],
     params: Sequence[Tensor | None],
     *,
     policy: BottleneckPolicy,
     record: bool,
-) -> tuple[Tensor, list[_LayerRecord]]:
-    in_channels = x.shape[1]
-    total = in_channels + sum(_growth(layer) for layer in layers)
-    buffer = x.new_empty((x.shape[0], total, *x.shape[2:]))  # (N, C0 + L*k, *spatial)
-    buffer.narrow(1, 0, in_channels).copy_(x)
-    workspace = _Workspace(buffer)
-    # Per-channel batch moments of the buffer, filled as channels are written.
+) -> tuple[Tensor, ChannelMoments | None, list[_LayerRecord]]:
+    in_channels = sum(int(part.shape[1]) for part in parts)
+    total = in_channels + sum(layer.growth for layer in layers)
     need_moments = any(uses_batch_stats(layer.norm1) for layer in layers)
-    moments_dtype = stats_dtype(x.dtype)  # float32 under autocast
-    means = x.new_empty(total, dtype=moments_dtype) if need_moments else None
-    variances = x.new_empty(total, dtype=moments_dtype) if need_moments else None
-    if means is not None and variances is not None:
-        m, v = batch_moments(x)
-        means[:in_channels], variances[:in_channels] = m, v
+    buffer, means, variances = _write_parts(parts, part_moments, total, need_moments)
+    workspace = _Workspace(buffer)
     records: list[_LayerRecord] = []
     channels = in_channels
     for index, layer in enumerate(layers):
-        w = params[index * _PARAMS_PER_LAYER : (index + 1) * _PARAMS_PER_LAYER]
+        w = _layer_weights(params, index)
         features = buffer.narrow(1, 0, channels)  # the concatenation: a view
         moments = (
             (means[:channels], variances[:channels])
@@ -279,76 +326,85 @@ def _forward(
             else None
         )
         stats1 = norm_stats(layer.norm1, features, moments=moments)
-        bottleneck = _bottleneck(layer, w, features, stats1, workspace)
-        y2, stats2 = norm_act_forward(layer.norm2, bottleneck, w[4], w[5])
-        new = conv_forward(layer.conv2, y2, w[6], w[7])  # (N, k, *spatial)
-        del y2
+        first = _first_conv(layer, w, features, stats1, workspace)
+        stats2: NormStats | None = None
+        if layer.norm2 is not None and layer.conv2 is not None:
+            y2, stats2 = norm_act_forward(layer.norm2, first, w.norm2_weight, w.norm2_bias)
+            new = conv_forward(layer.conv2, y2, w.conv2_weight, w.conv2_bias)  # type: ignore[arg-type]
+            del y2
+        else:
+            new = first  # (N, k, *spatial)
         growth = new.shape[1]
-        mask, scale = None, 1.0
-        if layer.drop_rate > 0 and layer.training:
-            keep = 1.0 - layer.drop_rate
-            # Same draw as F.dropout on CPU: bernoulli_(1 - p) on a tensor shaped like ``new``.
-            noise = torch.empty_like(new).bernoulli_(keep)
-            scale = 1.0 / keep if keep > 0 else 0.0
-            new.mul_(noise).mul_(scale)
-            mask = noise.bool()
-            del noise
+        mask, scale = _dropout_(layer, new)
         buffer.narrow(1, channels, growth).copy_(new)
         if means is not None and variances is not None:
             m, v = batch_moments(new)
             means[channels : channels + growth], variances[channels : channels + growth] = m, v
         del new
         if record:
-            records.append(
-                _LayerRecord(
-                    stats1,
-                    stats2,
-                    bottleneck if policy == "keep" else None,
-                    mask,
-                    scale,
-                )
-            )
-        del bottleneck
+            kept = first if policy == "keep" and layer.has_bottleneck else None
+            records.append(_LayerRecord(stats1, stats2, kept, mask, scale))
+        del first
         channels += growth
-    return buffer, records
+    moments_out = None
+    if means is not None and variances is not None:
+        moments_out = ChannelMoments(means, variances)
+    return buffer, moments_out, records
+
+
+def _bottleneck_backward(
+    layer: DenseLayerSpec,
+    record: _LayerRecord,
+    w: LayerWeights,
+    features: Tensor,
+    grad_new: Tensor,
+    workspace: _Workspace,
+) -> tuple[Tensor, list[Tensor | None]]:
+    """Backward of BN -> ReLU -> conv2: the gradient of conv1's output, and the gradients
+    of norm2's and conv2's weight and bias."""
+    assert layer.conv2 is not None and record.stats2 is not None and w.conv2_weight is not None
+    bottleneck = record.bottleneck
+    if bottleneck is None:  # policy "recompute"
+        bottleneck = _first_conv(layer, w, features, record.stats1, workspace)
+    # Each recomputed activation is freed as soon as its ReLU mask has been applied.
+    y2 = norm_act(bottleneck, w.norm2_weight, w.norm2_bias, record.stats2)
+    grad_y2, grad_conv2_w, grad_conv2_b = conv_backward(
+        layer.conv2, grad_new, y2, w.conv2_weight, has_bias=w.conv2_bias is not None
+    )
+    assert grad_y2 is not None
+    relu_backward_(grad_y2, y2)
+    del y2
+    grad_bottleneck, grad_norm2_w, grad_norm2_b = norm_act_backward(
+        grad_y2, bottleneck, w.norm2_weight, record.stats2
+    )
+    return grad_bottleneck, [grad_norm2_w, grad_norm2_b, grad_conv2_w, grad_conv2_b]
 
 
 def _layer_backward(
-    layer: DenseLayerLike,
+    layer: DenseLayerSpec,
     record: _LayerRecord,
-    w: Sequence[Tensor | None],
+    w: LayerWeights,
     features: Tensor,
     grad_new: Tensor,
     grad_features: Tensor,
     workspace: _Workspace,
 ) -> list[Tensor | None]:
-    """Backward of one layer; adds its input gradient into ``grad_features`` in place."""
+    """Backward of one layer; adds its input gradient into ``grad_features`` in place.
+
+    Returns the gradients of the layer's tensors in :class:`LayerWeights` order.
+    """
     if record.dropout_mask is not None:
         grad_new = grad_new * record.dropout_mask * record.drop_scale
-    bottleneck = record.bottleneck
-    if bottleneck is None:  # policy "recompute"
-        bottleneck = _bottleneck(layer, w, features, record.stats1, workspace)
-    # Each recomputed activation is freed as soon as its ReLU mask has been applied.
-    y2 = norm_act(bottleneck, w[4], w[5], record.stats2)
-    grad_y2, grad_conv2_w, grad_conv2_b = conv_backward(
-        layer.conv2,
-        grad_new,
-        y2,
-        w[6],  # type: ignore[arg-type]
-        has_bias=w[7] is not None,
-    )
-    relu_backward_(grad_y2, y2)  # type: ignore[arg-type]
-    del y2
-    grad_bottleneck, grad_norm2_w, grad_norm2_b = norm_act_backward(
-        grad_y2, bottleneck, w[4], record.stats2
-    )
-    del grad_y2, bottleneck
-    assert grad_bottleneck is not None
+    second: list[Tensor | None] = [None, None, None, None]
+    grad_first = grad_new
+    if layer.has_bottleneck:
+        grad_first, second = _bottleneck_backward(layer, record, w, features, grad_new, workspace)
+    del grad_new
     # conv1 and norm1 act per input channel: their backward runs a chunk of channels at a
     # time, so the recomputed input and its gradients never exist at the layer's full width.
-    grad_conv1_w = torch.empty_like(w[2])  # type: ignore[arg-type]
-    grad_norm1_w = None if w[0] is None else torch.empty_like(w[0])
-    grad_norm1_b = None if w[1] is None else torch.empty_like(w[1])
+    grad_conv1_w = torch.empty_like(w.conv1_weight)
+    grad_norm1_w = None if w.norm1_weight is None else torch.empty_like(w.norm1_weight)
+    grad_norm1_b = None if w.norm1_bias is None else torch.empty_like(w.norm1_bias)
     grad_conv1_b: Tensor | None = None
     for start, length in _chunks(features.shape[1], _chunk_width(layer, features)):
         # A contiguous copy of the chunk: the native batch-norm backward and the
@@ -356,61 +412,59 @@ def _layer_backward(
         view = features.narrow(1, start, length)
         chunk = workspace.get("chunk", tuple(view.shape)).copy_(view)
         stats = record.stats1.narrow(start, length)
-        norm_w = _narrow(w[0], 0, start, length)
+        norm_w = _narrow(w.norm1_weight, 0, start, length)
         y1 = norm_act(
             chunk,
             norm_w,
-            _narrow(w[1], 0, start, length),
+            _narrow(w.norm1_bias, 0, start, length),
             stats,
             out=workspace.get("y1", tuple(view.shape)),
         )
         grad_y1, conv_w, conv_b = conv_backward(
             layer.conv1,
-            grad_bottleneck,
+            grad_first,
             y1,
-            w[2].narrow(1, start, length),  # type: ignore[union-attr]
-            has_bias=w[3] is not None and start == 0,
+            w.conv1_weight.narrow(1, start, length),
+            has_bias=w.conv1_bias is not None and start == 0,
         )
-        grad_conv1_w.narrow(1, start, length).copy_(conv_w)  # type: ignore[arg-type]
+        assert grad_y1 is not None and conv_w is not None
+        grad_conv1_w.narrow(1, start, length).copy_(conv_w)
         if start == 0:
             grad_conv1_b = conv_b
-        relu_backward_(grad_y1, y1)  # type: ignore[arg-type]
+        relu_backward_(grad_y1, y1)
         del y1
         grad_x, norm_gw, norm_gb = norm_act_backward(grad_y1, chunk, norm_w, stats)
         del grad_y1
-        grad_features.narrow(1, start, length).add_(grad_x)  # type: ignore[arg-type]
+        grad_features.narrow(1, start, length).add_(grad_x)
         del grad_x
-        if grad_norm1_w is not None:
-            grad_norm1_w.narrow(0, start, length).copy_(norm_gw)  # type: ignore[arg-type]
-        if grad_norm1_b is not None:
-            grad_norm1_b.narrow(0, start, length).copy_(norm_gb)  # type: ignore[arg-type]
-    return [
-        grad_norm1_w,
-        grad_norm1_b,
-        grad_conv1_w,
-        grad_conv1_b,
-        grad_norm2_w,
-        grad_norm2_b,
-        grad_conv2_w,
-        grad_conv2_b,
-    ]
+        if grad_norm1_w is not None and norm_gw is not None:
+            grad_norm1_w.narrow(0, start, length).copy_(norm_gw)
+        if grad_norm1_b is not None and norm_gb is not None:
+            grad_norm1_b.narrow(0, start, length).copy_(norm_gb)
+    return [grad_norm1_w, grad_norm1_b, grad_conv1_w, grad_conv1_b, *second]
 
 
-def dense_block(
-    x: Tensor,
-    layers: Sequence[DenseLayerLike],
+def run_dense_block(
+    inputs: Tensor | Sequence[Tensor],
+    layers: Sequence[DenseLayerLike | DenseLayerSpec],
     *,
+    input_moments: Sequence[ChannelMoments | None] | None = None,
     policy: BottleneckPolicy = "keep",
-) -> Tensor:
-    """Run a dense block on a shared buffer; returns the buffer ``(N, C0 + L*k, *spatial)``.
+) -> DenseBlockOutput:
+    """Run a dense block on a shared buffer; returns the buffer and its channels' moments.
 
     Args:
-        x: Block input ``(N, C0, *spatial)``.
-        layers: The block's layers, each BN -> ReLU -> conv1 -> BN -> ReLU -> conv2 ->
-            dropout, with ``layers[l].conv1.in_channels == C0 + l * k``.
-        policy: ``"keep"`` stores each layer's bottleneck output (fast; memory linear in
-            depth with slope ``bn_size * k``); ``"recompute"`` recomputes the 1x1
-            convolution in backward (one more 1x1 convolution per layer, least memory).
+        inputs: The block input ``(N, C0, *spatial)``, or the parts whose concatenation
+            it is (e.g. ``[skip, upsampled]``), each written once into the buffer and not
+            stored otherwise.
+        layers: The block's layers (:class:`DenseLayerSpec`, or DenseNet-BC modules with
+            torchvision's names), with ``layers[l].conv1.in_channels == C0 + l * k``.
+        input_moments: Per part, its :class:`ChannelMoments` when already known (e.g. a
+            skip's, from the block that produced it) or None to compute them.
+        policy: ``"keep"`` stores each bottleneck layer's 1x1 convolution output (fast;
+            memory linear in depth with slope ``bn_size * k``); ``"recompute"`` recomputes
+            it in backward (one more 1x1 convolution per layer, least memory). Layers
+            without a bottleneck store nothing either way.
 
     Gradients are exact (same as the naive network up to floating-point rounding); double
     backward is not supported. Under ``torch.autocast`` the buffer, the bottleneck outputs
@@ -419,17 +473,50 @@ def dense_block(
     """
     if policy not in ("keep", "recompute"):
         raise ValueError(f"policy must be 'keep' or 'recompute', got {policy!r}")
-    _check_layers(layers, x.shape[1])
-    return in_engine_precision(x.device, lambda cast: _dense_block(cast(x), layers, policy))
+    parts = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if not parts:
+        raise ValueError("run_dense_block needs at least one input part")
+    moments = list(input_moments) if input_moments is not None else [None] * len(parts)
+    if len(moments) != len(parts):
+        raise ValueError(
+            f"input_moments has {len(moments)} entries for {len(parts)} input parts; give "
+            "one ChannelMoments or None per part"
+        )
+    specs = [dense_layer_spec(layer) for layer in layers]
+    _check_layers(specs, sum(int(part.shape[1]) for part in parts))
+    return in_engine_precision(
+        parts[0].device,
+        lambda cast: _dense_block([cast(p) for p in parts], moments, specs, policy),
+    )
 
 
-def _dense_block(x: Tensor, layers: Sequence[DenseLayerLike], policy: BottleneckPolicy) -> Tensor:
-    params = [p for layer in layers for p in _layer_params(layer)]
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or any(p is not None and p.requires_grad for p in params)
+def dense_block(
+    x: Tensor,
+    layers: Sequence[DenseLayerLike | DenseLayerSpec],
+    *,
+    policy: BottleneckPolicy = "keep",
+) -> Tensor:
+    """The buffer ``(N, C0 + L*k, *spatial)`` of :func:`run_dense_block` on input ``x``."""
+    return run_dense_block(x, layers, policy=policy).features
+
+
+def _dense_block(
+    parts: list[Tensor],
+    part_moments: list[ChannelMoments | None],
+    layers: Sequence[DenseLayerSpec],
+    policy: BottleneckPolicy,
+) -> DenseBlockOutput:
+    params = [p for layer in layers for p in layer.weights()]
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (*parts, *params)
     )
     if not needs_grad:
         with torch.no_grad():
-            buffer, _ = _forward(layers, x, params, policy=policy, record=False)
-        return buffer
-    return _DenseBlockFunction.apply(layers, policy, x, *params)
+            buffer, moments, _ = _forward(
+                layers, parts, part_moments, params, policy=policy, record=False
+            )
+        return DenseBlockOutput(buffer, moments)
+    buffer, mean, var = _DenseBlockFunction.apply(
+        layers, policy, part_moments, len(parts), *parts, *params
+    )
+    return DenseBlockOutput(buffer, ChannelMoments(mean, var) if mean.numel() else None)

@@ -22,7 +22,15 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from concatnets.engine import BottleneckPolicy, NormActPart, dense_block, norm_act_conv, norm_stats
+from concatnets.engine import (
+    BottleneckPolicy,
+    ChannelMoments,
+    DenseBlockOutput,
+    NormActPart,
+    norm_act_conv,
+    norm_stats,
+    run_dense_block,
+)
 from concatnets.models._registry import register_model
 
 __all__ = ["DenseNet", "MemoryMode", "densenet_bc_config"]
@@ -105,13 +113,16 @@ class _DenseBlock(nn.ModuleDict):
         self.policy = policy
 
     def forward(self, x: Tensor) -> Tensor:
-        layers = list(self.values())
         if self.memory_efficient is True:
-            return dense_block(x, layers, policy=self.policy)  # type: ignore[arg-type]
+            return self.forward_engine(x).features
         features = [x]
-        for layer in layers:
+        for layer in self.values():
             features.append(layer(features, checkpoint=self.memory_efficient == "checkpoint"))
         return torch.cat(features, 1)
+
+    def forward_engine(self, x: Tensor) -> DenseBlockOutput:
+        """The engine's forward: the shared buffer and the moments of its channels."""
+        return run_dense_block(x, list(self.values()), policy=self.policy)  # type: ignore[arg-type]
 
 
 class _Transition(nn.Sequential):
@@ -127,10 +138,12 @@ class _Transition(nn.Sequential):
         self.add_module("pool", _AVG_POOL[spatial_dims](kernel_size=2, stride=2))
         self.memory_efficient = memory_efficient
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, moments: ChannelMoments | None = None) -> Tensor:
+        """Transition of ``x``; ``moments`` are its channels' batch moments when the dense
+        block before computed them (engine mode), so they are not computed again."""
         if self.memory_efficient is not True:
             return super().forward(x)
-        stats = norm_stats(self.norm, x)
+        stats = norm_stats(self.norm, x, moments=moments)
         part = NormActPart(x, self.norm, stats)
         return self.pool(norm_act_conv([part], self.conv))
 
@@ -242,7 +255,18 @@ class DenseNet(nn.Module):
                 f"DenseNet expects {self.in_channels} input channel(s), got {x.shape[1]}; "
                 f"build it with in_channels={x.shape[1]} or convert the images"
             )
-        return self.features(x)
+        if self.memory_efficient is not True:
+            return self.features(x)
+        # A dense block in engine mode hands the moments of its output to the transition.
+        moments: ChannelMoments | None = None
+        for module in self.features:
+            if isinstance(module, _DenseBlock) and module.memory_efficient is True:
+                x, moments = module.forward_engine(x)
+            elif isinstance(module, _Transition):
+                x, moments = module(x, moments), None
+            else:
+                x, moments = module(x), None
+        return x
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Classifier logits ``(N, num_classes)`` from ``forward_features``' output."""
