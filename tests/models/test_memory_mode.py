@@ -1,0 +1,60 @@
+"""set_memory_efficient / memory_efficient: one switch, any time, refusals with the fix."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from concatnets.models._memory_mode import (
+    EngineModeUnavailableError,
+    MemoryModeModel,
+    check_memory_mode,
+)
+
+
+class _Recorder(MemoryModeModel):
+    memory_modes = (False, "checkpoint", True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.child = nn.Identity()
+        self.seen: list[object] = []
+
+    def _memory_mode_changed(self, mode: object) -> None:
+        self.seen.append(mode)
+
+
+def test_set_memory_efficient_and_assignment_are_the_same_switch() -> None:
+    model = _Recorder()
+    assert model.memory_efficient is False
+    assert model.set_memory_efficient("checkpoint") is model
+    assert model.memory_efficient == "checkpoint"
+    model.memory_efficient = True
+    assert model.memory_efficient is True
+    assert model.set_memory_efficient(False).memory_efficient is False
+    assert model.seen == ["checkpoint", True, False]
+
+
+@pytest.mark.parametrize("bad", [1, 0, "engine", None, "True"])
+def test_values_that_are_no_mode_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"_Recorder memory_efficient must be False \(naive\)"):
+        _Recorder().memory_efficient = bad  # type: ignore[assignment]
+
+
+def test_a_mode_the_model_lacks_names_the_modes_it_has() -> None:
+    with pytest.raises(ValueError, match=r"M has no 'checkpoint' mode: .* False \(naive\) or True"):
+        check_memory_mode("M", "checkpoint", (False, True))
+    with pytest.raises(ValueError, match="M has no engine mode"):
+        check_memory_mode("M", True, (False, "checkpoint"))
+    with pytest.raises(EngineModeUnavailableError, match="later"):
+        check_memory_mode("M", True, (False,), unavailable="later")
+
+
+def test_a_refused_mode_leaves_the_current_one() -> None:
+    class Naive(MemoryModeModel):
+        memory_modes = (False,)
+
+    model = Naive()
+    with pytest.raises(ValueError):
+        model.set_memory_efficient(True)
+    assert model.memory_efficient is False
