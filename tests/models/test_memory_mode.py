@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
+from concatnets.models import create_model
 from concatnets.models._memory_mode import (
     EngineModeUnavailableError,
     MemoryModeModel,
@@ -58,3 +60,21 @@ def test_a_refused_mode_leaves_the_current_one() -> None:
     with pytest.raises(ValueError):
         model.set_memory_efficient(True)
     assert model.memory_efficient is False
+
+
+def test_densenet_switches_its_blocks_after_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = create_model("densenet_bc", depth=10, growth_rate=4).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    naive = model(x)
+    model.set_memory_efficient(True)
+    inner = [m.memory_efficient for m in model.modules() if hasattr(m, "policy")]
+    assert inner and all(mode is True for mode in inner)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.cat called by the engine's dense block")
+
+    monkeypatch.setattr(torch, "cat", forbidden)
+    engine = model(x)
+    monkeypatch.undo()
+    torch.testing.assert_close(engine, naive)
