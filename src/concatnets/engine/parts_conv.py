@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from concatnets.engine.activation import Activation, activation_backward_, apply_activation_
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
 from concatnets.engine.layout import layout_of, to_layout
 from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.precision import in_engine_precision
-from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
+from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
 
 __all__ = ["NormActPart", "norm_act_conv", "normalize_parts", "source_conv_output"]
 
@@ -49,7 +50,8 @@ class NormActPart:
         norm: Its batch, group or instance norm, or None for no normalisation.
         stats: Statistics of the normalisation's input: :class:`NormStats` for batch
             norm, :class:`GroupStats` for group/instance norm, None without ``norm``.
-        activation: Whether ReLU follows the normalisation.
+        activation: The activation following the normalisation: True (ReLU), False
+            (none) or an :class:`~concatnets.engine.activation.Activation` (LeakyReLU, ELU).
         source_conv: A convolution applied to ``tensor`` before the normalisation and
             recomputed in backward; worth it only when ``tensor`` has few channels.
         crop: Spatial slices applied after normalisation (the valid U-Net's skip crop);
@@ -65,7 +67,7 @@ class NormActPart:
     tensor: Tensor
     norm: nn.Module | None = None
     stats: NormStats | GroupStats | None = None
-    activation: bool = True
+    activation: bool | Activation = True
     source_conv: _ConvNd | None = None
     crop: tuple[slice, ...] | None = None
     pool: int | None = None
@@ -157,14 +159,16 @@ def _normalized_input(part: NormActPart, t: _PartTensors) -> Tensor:
 def _normalize(part: NormActPart, x: Tensor, t: _PartTensors, out: Tensor | None = None) -> Tensor:
     """``relu(norm(x))`` from the part's saved statistics, into ``out`` or a new tensor."""
     apply = group_norm_act if isinstance(part.stats, GroupStats) else norm_act
-    return apply(
+    fused = part.activation is True  # the norm functions fuse ReLU only
+    y = apply(
         x,
         t.norm_weight,
         t.norm_bias,
         part.stats,  # type: ignore[arg-type]
-        activation=part.activation,
+        activation=fused,
         out=out,
     )
+    return y if fused else apply_activation_(y, part.activation)
 
 
 def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
@@ -173,7 +177,7 @@ def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
     if part.stats is not None:
         return _normalize(part, x, t)
     y = x.clone(memory_format=layout_of(x))
-    return y.relu_() if part.activation else y
+    return apply_activation_(y, part.activation)
 
 
 def _max_pool(y: Tensor, kernel: int) -> Tensor:
@@ -208,8 +212,7 @@ def _write_part(part: NormActPart, t: _PartTensors, out: Tensor) -> None:
         _normalize(part, x, t, out=out)
         return
     out.copy_(x)
-    if part.activation:
-        out.relu_()
+    apply_activation_(out, part.activation)
 
 
 def _is_computed(part: NormActPart) -> bool:
@@ -292,8 +295,7 @@ def _part_backward(
     del grad_value, pooled
     grad_y = grad_pooled if part.pool is None else _pool_backward(grad_pooled, y, part.pool)
     del grad_pooled
-    if part.activation:
-        relu_backward_(grad_y, y)
+    activation_backward_(grad_y, y, part.activation)
     del y
     if part.crop is not None:
         # The normalisation saw the whole tensor: its backward runs over the whole tensor
