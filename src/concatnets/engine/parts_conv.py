@@ -23,14 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from concatnets.engine.activation import Activation, activation_backward_, apply_activation_
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
 from concatnets.engine.layout import layout_of, to_layout
 from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.precision import in_engine_precision
-from concatnets.engine.stats import NormStats, norm_act, norm_act_backward, relu_backward_
+from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
 
-__all__ = ["NormActPart", "norm_act_conv", "normalize_parts", "source_conv_output"]
+__all__ = ["NormActPart", "norm_act_conv", "normalize_parts", "part_value", "source_conv_output"]
 
 
 @dataclass(frozen=True)
@@ -49,28 +50,35 @@ class NormActPart:
         norm: Its batch, group or instance norm, or None for no normalisation.
         stats: Statistics of the normalisation's input: :class:`NormStats` for batch
             norm, :class:`GroupStats` for group/instance norm, None without ``norm``.
-        activation: Whether ReLU follows the normalisation.
+        activation: The activation following the normalisation: True (ReLU), False
+            (none) or an :class:`~concatnets.engine.activation.Activation` (LeakyReLU, ELU).
         source_conv: A convolution applied to ``tensor`` before the normalisation and
             recomputed in backward; worth it only when ``tensor`` has few channels.
         crop: Spatial slices applied after normalisation (the valid U-Net's skip crop);
             statistics stay those of the whole tensor.
         pool: Kernel (and stride) of a max pooling applied after the activation.
+        upsample: Integer factor of a nearest-neighbour upsampling applied after the
+            activation (and pooling), before ``then_conv``: a decoder's ``F.interpolate``.
         then_conv: A (transposed) convolution applied after the activation (and pooling).
         value: The activation ``relu(bn(x))`` (uncropped) if the caller already computed
             it, e.g. with the fused kernel that also found the statistics; used in forward
             only, never saved, and ignored when ``pool`` is set (the forward's pooling must
             see exactly the activation backward recomputes, or the argmax could differ).
+        result: The part's whole value (after every stage) if the caller already has it
+            (:func:`part_value`'s output); used in forward only, never saved.
     """
 
     tensor: Tensor
     norm: nn.Module | None = None
     stats: NormStats | GroupStats | None = None
-    activation: bool = True
+    activation: bool | Activation = True
     source_conv: _ConvNd | None = None
     crop: tuple[slice, ...] | None = None
     pool: int | None = None
     then_conv: _ConvNd | None = None
     value: Tensor | None = None
+    upsample: int | None = None
+    result: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.norm is None) != (self.stats is None):
@@ -79,6 +87,10 @@ class NormActPart:
             raise ValueError("NormActPart takes crop, or pool and then_conv, not both")
         if self.pool is not None and self.pool < 1:
             raise ValueError(f"NormActPart pool must be a positive kernel size, got {self.pool}")
+        if self.upsample is not None and (self.upsample < 1 or self.crop is not None):
+            raise ValueError(
+                f"NormActPart upsample must be a positive factor without crop, got {self.upsample}"
+            )
 
     @property
     def channels(self) -> int:
@@ -99,7 +111,8 @@ class NormActPart:
         ``save_for_backward``, which frees it as soon as its backward has run, whereas a
         reference on ``ctx`` would keep it alive until the whole graph is released.
         """
-        return replace(self, tensor=torch.empty_like(self.tensor, device="meta"), value=None)
+        meta = torch.empty_like(self.tensor, device="meta")
+        return replace(self, tensor=meta, value=None, result=None)
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         """The part's autograd inputs, in :class:`_PartTensors` order."""
@@ -157,14 +170,16 @@ def _normalized_input(part: NormActPart, t: _PartTensors) -> Tensor:
 def _normalize(part: NormActPart, x: Tensor, t: _PartTensors, out: Tensor | None = None) -> Tensor:
     """``relu(norm(x))`` from the part's saved statistics, into ``out`` or a new tensor."""
     apply = group_norm_act if isinstance(part.stats, GroupStats) else norm_act
-    return apply(
+    fused = part.activation is True  # the norm functions fuse ReLU only
+    y = apply(
         x,
         t.norm_weight,
         t.norm_bias,
         part.stats,  # type: ignore[arg-type]
-        activation=part.activation,
+        activation=fused,
         out=out,
     )
+    return y if fused else apply_activation_(y, part.activation)
 
 
 def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
@@ -173,11 +188,28 @@ def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
     if part.stats is not None:
         return _normalize(part, x, t)
     y = x.clone(memory_format=layout_of(x))
-    return y.relu_() if part.activation else y
+    return apply_activation_(y, part.activation)
 
 
 def _max_pool(y: Tensor, kernel: int) -> Tensor:
     return _MAX_POOL[y.dim() - 2](y, kernel)
+
+
+def _upsample(part: NormActPart, y: Tensor) -> Tensor:
+    if part.upsample is None or part.upsample == 1:
+        return y
+    size = [s * part.upsample for s in y.shape[2:]]
+    return F.interpolate(y, size=size, mode="nearest")
+
+
+def _upsample_backward(part: NormActPart, grad_up: Tensor, y: Tensor) -> Tensor:
+    """Gradient of :func:`_upsample` for ``y`` (each input pixel sums its copies)."""
+    if part.upsample is None or part.upsample == 1:
+        return grad_up
+    with torch.enable_grad():
+        y_leaf = torch.empty_like(y).requires_grad_()
+        (grad_y,) = torch.autograd.grad(_upsample(part, y_leaf), y_leaf, grad_up)
+    return grad_y
 
 
 def _then_conv(part: NormActPart, y: Tensor, t: _PartTensors) -> Tensor:
@@ -188,14 +220,16 @@ def _then_conv(part: NormActPart, y: Tensor, t: _PartTensors) -> Tensor:
 
 
 def _value(part: NormActPart, t: _PartTensors) -> Tensor:
-    """The part's value as a new tensor (or the caller's activation, uncopied)."""
+    """The part's value as a new tensor (or the caller's activation or result, uncopied)."""
+    if part.result is not None:
+        return part.result
     if part.value is not None and part.pool is None:
         y = part.cropped(part.value)
     else:
         y = _activation(part, _normalized_input(part, t), t)
     if part.pool is not None:
         y = _max_pool(y, part.pool)
-    return _then_conv(part, y, t)
+    return _then_conv(part, _upsample(part, y), t)
 
 
 def _write_part(part: NormActPart, t: _PartTensors, out: Tensor) -> None:
@@ -208,13 +242,13 @@ def _write_part(part: NormActPart, t: _PartTensors, out: Tensor) -> None:
         _normalize(part, x, t, out=out)
         return
     out.copy_(x)
-    if part.activation:
-        out.relu_()
+    apply_activation_(out, part.activation)
 
 
 def _is_computed(part: NormActPart) -> bool:
     """Whether the part's value must be computed before it is written."""
-    return any(s is not None for s in (part.source_conv, part.pool, part.then_conv))
+    stages = (part.source_conv, part.pool, part.upsample, part.then_conv, part.result)
+    return any(s is not None for s in stages)
 
 
 def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None]) -> Tensor:
@@ -250,51 +284,56 @@ def _pool_backward(grad_pooled: Tensor, y: Tensor, kernel: int) -> Tensor:
     return grad_y
 
 
-def _part_backward(
-    conv: _ConvNd,
-    part: NormActPart,
-    t: _PartTensors,
-    grad_out: Tensor,
-    weight: Tensor,
-    channels: slice,
-    grad_weight: Tensor,
-    needs_input_grad: bool,
-) -> tuple[Tensor | None, ...]:
-    """Gradients of one part's tensors (in :class:`_PartTensors` order).
+@dataclass
+class _Recomputed:
+    """A part's intermediate values rebuilt in backward; stages drop them once used."""
 
-    Fills the part's slice of ``grad_weight`` (the gradient of ``conv``'s weight). A
-    convolution is a sum over input channels, so each part's input gradient and weight
-    gradient need only that part's recomputed value: the concatenation is never rebuilt
-    at full width in backward. The stages run backward in reverse order: ``conv``,
-    ``then_conv``, ``pool``, ReLU, ``crop``, batch norm, ``source_conv``.
-    """
+    x: Tensor | None  # the normalisation's input
+    y: Tensor | None  # the activation
+    pooled: Tensor | None  # after the pooling
+    upsampled: Tensor | None  # after the upsampling: ``then_conv``'s input
+
+
+def _recompute(part: NormActPart, t: _PartTensors) -> _Recomputed:
     x = _normalized_input(part, t)
     y = _activation(part, x, t)
     pooled = y if part.pool is None else _max_pool(y, part.pool)
-    value = _then_conv(part, pooled, t)
-    in_dim = 0 if conv.transposed else 1  # transposed weights are (in, out, *kernel)
-    part_weight = weight.narrow(in_dim, channels.start, channels.stop - channels.start)
-    grad_value, grad_w, _ = conv_backward(conv, grad_out, value, part_weight, has_bias=False)
-    assert grad_value is not None and grad_w is not None
-    grad_weight.narrow(in_dim, channels.start, channels.stop - channels.start).copy_(grad_w)
-    # A convolution with few output channels (a U-Net's head) may return its input
-    # gradient in the default layout; the elementwise backward below wants one layout.
-    grad_value = to_layout(grad_value, layout_of(value))
-    del grad_w, value
+    return _Recomputed(x, y, pooled, _upsample(part, pooled))
+
+
+def _value_backward(
+    part: NormActPart,
+    t: _PartTensors,
+    r: _Recomputed,
+    grad_value: Tensor,
+    needs_input_grad: bool,
+) -> tuple[Tensor | None, ...]:
+    """Gradients of one part's tensors (in :class:`_PartTensors` order) from its value's.
+
+    The stages run backward in reverse order: ``then_conv``, upsampling, ``pool``, the
+    activation, ``crop``, the normalisation, ``source_conv``; each recomputed value in
+    ``r`` is dropped as soon as its stage is done.
+    """
     grad_then_w = grad_then_b = None
-    grad_pooled = grad_value
+    grad_up = grad_value
+    del grad_value
     if part.then_conv is not None:
-        assert t.then_weight is not None
-        grad_pooled, grad_then_w, grad_then_b = conv_backward(
-            part.then_conv, grad_value, pooled, t.then_weight, has_bias=t.then_bias is not None
+        assert t.then_weight is not None and r.upsampled is not None
+        grad_up, grad_then_w, grad_then_b = conv_backward(
+            part.then_conv, grad_up, r.upsampled, t.then_weight, has_bias=t.then_bias is not None
         )
-        assert grad_pooled is not None
-    del grad_value, pooled
-    grad_y = grad_pooled if part.pool is None else _pool_backward(grad_pooled, y, part.pool)
+        assert grad_up is not None
+    r.upsampled = None
+    assert r.pooled is not None and r.y is not None and r.x is not None
+    grad_pooled = _upsample_backward(part, grad_up, r.pooled)
+    del grad_up
+    r.pooled = None
+    grad_y = grad_pooled if part.pool is None else _pool_backward(grad_pooled, r.y, part.pool)
     del grad_pooled
-    if part.activation:
-        relu_backward_(grad_y, y)
-    del y
+    activation_backward_(grad_y, r.y, part.activation)
+    r.y = None
+    x = r.x
+    r.x = None
     if part.crop is not None:
         # The normalisation saw the whole tensor: its backward runs over the whole tensor
         # with zero gradient outside the crop.
@@ -328,6 +367,40 @@ def _part_backward(
         grad_then_w,
         grad_then_b,
     )
+
+
+def _part_backward(
+    conv: _ConvNd,
+    part: NormActPart,
+    t: _PartTensors,
+    grad_out: Tensor,
+    weight: Tensor,
+    channels: slice,
+    grad_weight: Tensor,
+    needs_input_grad: bool,
+) -> tuple[Tensor | None, ...]:
+    """Gradients of one part's tensors (in :class:`_PartTensors` order).
+
+    Fills the part's slice of ``grad_weight`` (the gradient of ``conv``'s weight). A
+    convolution is a sum over input channels, so each part's input gradient and weight
+    gradient need only that part's recomputed value: the concatenation is never rebuilt
+    at full width in backward.
+    """
+    r = _recompute(part, t)
+    assert r.upsampled is not None
+    value = _then_conv(part, r.upsampled, t)
+    if part.then_conv is None:
+        r.upsampled = None  # ``value`` is the same tensor; the conv backward below holds it
+    in_dim = 0 if conv.transposed else 1  # transposed weights are (in, out, *kernel)
+    part_weight = weight.narrow(in_dim, channels.start, channels.stop - channels.start)
+    grad_value, grad_w, _ = conv_backward(conv, grad_out, value, part_weight, has_bias=False)
+    assert grad_value is not None and grad_w is not None
+    grad_weight.narrow(in_dim, channels.start, channels.stop - channels.start).copy_(grad_w)
+    # A convolution with few output channels (a U-Net's head) may return its input
+    # gradient in the default layout; the elementwise backward below wants one layout.
+    grad_value = to_layout(grad_value, layout_of(value))
+    del grad_w, value
+    return _value_backward(part, t, r, grad_value, needs_input_grad)
 
 
 class _NormActConvFunction(torch.autograd.Function):
@@ -414,3 +487,38 @@ def _norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
         with torch.no_grad():
             return conv_forward(conv, normalize_parts(parts, tensors[:-2]), conv.weight, conv.bias)
     return _NormActConvFunction.apply(conv, parts, *tensors)
+
+
+class _PartValueFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, part: NormActPart, *tensors: Tensor | None) -> Tensor:  # type: ignore[override]
+        value = _value(part, _part_tensors(tensors, 0))
+        ctx.part = part.shape_only()
+        ctx.save_for_backward(*tensors)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad_value: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        t = _part_tensors(ctx.saved_tensors, 0)
+        part: NormActPart = ctx.part
+        r = _recompute(part, t)
+        if r.upsampled is not None:
+            grad_value = grad_value.contiguous(memory_format=layout_of(r.upsampled))
+        grads = _value_backward(part, t, r, grad_value, ctx.needs_input_grad[1])
+        return (None, *grads)
+
+
+def part_value(part: NormActPart) -> Tensor:
+    """One part's value with autograd, storing only the part's tensors and statistics.
+
+    For a value that feeds something other than a convolution (a residual sum, the
+    model's output) as well as :func:`norm_act_conv`: this consumer gets the value's
+    gradient through the recomputation, each ``norm_act_conv`` reading the same part adds
+    its own, and the activation itself is never stored (see :class:`NormActPart`).
+    """
+    tensors = part.tensors()
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not needs_grad:
+        with torch.no_grad():
+            return _value(part, _part_tensors(tensors, 0))
+    return _PartValueFunction.apply(part, *tensors)

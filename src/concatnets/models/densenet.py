@@ -15,7 +15,7 @@ share one set of modules:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,27 +31,15 @@ from concatnets.engine import (
     norm_stats,
     run_dense_block,
 )
+from concatnets.models._memory_mode import MemoryMode, MemoryModeModel
 from concatnets.models._registry import register_model
 
 __all__ = ["DenseNet", "MemoryMode", "densenet_bc_config"]
-
-MemoryMode = Literal[False, "checkpoint", True]
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _AVG_POOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
-
-
-def _check_mode(memory_efficient: object) -> MemoryMode:
-    if not (
-        memory_efficient is False or memory_efficient is True or memory_efficient == "checkpoint"
-    ):
-        raise ValueError(
-            f"memory_efficient must be False (naive), 'checkpoint' or True (engine), "
-            f"got {memory_efficient!r}"
-        )
-    return memory_efficient  # type: ignore[return-value]
 
 
 class _DenseLayer(nn.Module):
@@ -148,7 +136,7 @@ class _Transition(nn.Sequential):
         return self.pool(norm_act_conv([part], self.conv))
 
 
-class DenseNet(nn.Module):
+class DenseNet(MemoryModeModel):
     """DenseNet-BC for 2-D or 3-D inputs, with an ImageNet or a CIFAR stem.
 
     Args:
@@ -164,10 +152,12 @@ class DenseNet(nn.Module):
         small_inputs: CIFAR stem (3x3 conv, no pooling) instead of the ImageNet stem
             (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max pool).
         memory_efficient: False (naive reference), "checkpoint" (torchvision's technique)
-            or True (concatnets' engine).
+            or True (concatnets' engine); switch later with ``set_memory_efficient``.
         bottleneck_policy: The engine's policy, "keep" or "recompute" (see
             :func:`concatnets.engine.dense_block`).
     """
+
+    memory_modes = (False, "checkpoint", True)
 
     def __init__(
         self,
@@ -191,7 +181,7 @@ class DenseNet(nn.Module):
             raise ValueError(f"compression must be in (0, 1], got {compression}")
         if not 0 <= drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
-        self.memory_efficient = _check_mode(memory_efficient)
+        self.memory_efficient = memory_efficient  # validated by the property
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -232,6 +222,12 @@ class DenseNet(nn.Module):
         self.num_features = channels
         self.classifier = nn.Linear(channels, num_classes)
         self._init_weights()
+
+    def _memory_mode_changed(self, mode: MemoryMode) -> None:
+        # The blocks and transitions read the mode on every forward.
+        for module in self.modules():
+            if isinstance(module, _DenseBlock | _Transition):
+                module.memory_efficient = mode
 
     def _init_weights(self) -> None:
         for module in self.modules():

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from concatnets.models._memory_mode import MemoryModeModel
 from concatnets.models._registry import register_model
 from concatnets.models._unet_efficient import forward_memory_efficient
 from concatnets.models._unet_sizes import (
@@ -205,7 +206,7 @@ def init_unet_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class UNet(nn.Module):
+class UNet(MemoryModeModel):
     """U-Net (Ronneberger et al. 2015, arXiv 1505.04597), 2-D or 3-D.
 
     Layout (module names are state-dict keys): ``encoder[l]`` is the ConvBlock of level
@@ -235,7 +236,8 @@ class UNet(nn.Module):
         normalization: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (the paper).
         upsampling: ``"transpose"`` (2x2 up-convolution, the paper) or ``"interpolate"``.
         padding: ``"same"`` or ``"valid"`` (the paper).
-        memory_efficient: Use the memory engine for the concatenations.
+        memory_efficient: ``True`` runs the memory engine, ``False`` the naive reference;
+            switch later with :meth:`set_memory_efficient` (U-Net has no checkpoint mode).
         num_groups: Groups for ``normalization="group"``; default ``gcd(32, features)``,
             which divides every level's channel count.
 
@@ -263,11 +265,6 @@ class UNet(nn.Module):
         _check_choice("upsampling", upsampling, _UPSAMPLINGS)
         _check_choice("padding", padding, _PADDINGS)
         groups = _resolve_groups(normalization, features, num_groups)
-        if memory_efficient not in (False, True) or not isinstance(memory_efficient, bool):
-            raise ValueError(
-                f"UNet memory_efficient must be True or False, got {memory_efficient!r} "
-                "(U-Net has no 'checkpoint' mode)"
-            )
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -277,7 +274,7 @@ class UNet(nn.Module):
         self.normalization = normalization
         self.upsampling = upsampling
         self.padding = padding
-        self.memory_efficient = memory_efficient
+        self.memory_efficient = memory_efficient  # validated by the property
 
         block_options = dict(
             spatial_dims=spatial_dims, normalization=normalization, padding=padding
