@@ -1,4 +1,4 @@
-"""FC-DenseNet: the paper's sizes, any input size, 2-D/3-D, checkpoint mode == plain mode."""
+"""FC-DenseNet: the paper's sizes, any input size, 2-D/3-D, checkpoint and engine modes == plain."""
 
 from __future__ import annotations
 
@@ -152,11 +152,76 @@ def test_checkpoint_mode_keeps_fewer_tensors_for_backward(saved_storage_bytes) -
     assert saved_bytes("checkpoint") < 0.5 * saved_bytes(False)
 
 
-def test_engine_mode_is_refused_with_the_way_forward() -> None:
-    with pytest.raises(NotImplementedError, match=r"concatnets\.memory_efficient"):
-        FCDenseNet(**TINY, memory_efficient=True)
-    with pytest.raises(ValueError, match="'checkpoint'"):
-        FCDenseNet(**TINY, memory_efficient="engine")
+def run_step(model: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(1)  # same dropout masks in every mode
+    x = image.clone().requires_grad_()
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return out.detach(), x.grad  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_engine_mode_matches_the_plain_mode_in_float64(spatial_dims: int) -> None:
+    torch.manual_seed(0)
+    plain = FCDenseNet(spatial_dims=spatial_dims, **TINY).double()
+    engine = FCDenseNet(spatial_dims=spatial_dims, **TINY, memory_efficient=True).double()
+    engine.load_state_dict(plain.state_dict(), strict=True)
+    size = (12, 10) if spatial_dims == 2 else (8, 6, 5)
+    image = torch.randn(2, 3, *size, dtype=torch.float64)
+    out_a, dx_a = run_step(plain, image)
+    out_b, dx_b = run_step(engine, image)
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(dx_b, dx_a)
+    for (name, a), b in zip(plain.named_parameters(), engine.parameters(), strict=True):
+        assert b.grad is not None, name
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+    # Running statistics after the step, each updated exactly once.
+    for (name, a), b in zip(plain.named_buffers(), engine.buffers(), strict=True):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_engine_mode_keeps_less_for_backward_than_checkpointing(saved_storage_bytes) -> None:
+    def saved_bytes(mode: object) -> int:
+        torch.manual_seed(0)
+        model = FCDenseNet(**TINY, memory_efficient=mode)
+        return saved_storage_bytes(model, torch.randn(2, 3, 32, 32))
+
+    engine, checkpoint, plain = saved_bytes(True), saved_bytes("checkpoint"), saved_bytes(False)
+    assert engine < checkpoint < 0.5 * plain
+    assert engine < 0.4 * plain
+
+
+def test_engine_up_blocks_start_from_skip_and_upsampled_and_reuse_moments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concatnets.engine import block_buffer
+
+    model = FCDenseNet(**TINY, memory_efficient=True)
+    measured: list[int] = []
+    original = block_buffer.batch_moments
+
+    monkeypatch.setattr(
+        block_buffer, "batch_moments", lambda x: (measured.append(int(x.shape[1])), original(x))[1]
+    )
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    k = TINY["growth_rate"]
+    # Down blocks and bottleneck: the input, then each layer's k maps. Up blocks: only
+    # the upsampled part (8, then 12 maps); the skip's moments come from its down block.
+    assert measured == [6, k, k, 14, k, k, k, 26, k, k, 8, k, k, k, 12, k, k]
+
+
+def test_mode_switches_at_any_time() -> None:
+    torch.manual_seed(0)
+    model = FCDenseNet(**TINY).double()
+    image = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    plain = run_step(model, image)[0]
+    for mode in ("checkpoint", True, False):
+        assert model.set_memory_efficient(mode) is model
+        model.zero_grad()
+        torch.testing.assert_close(run_step(model, image)[0], plain)
+    with pytest.raises(ValueError, match="memory_efficient must be"):
+        model.memory_efficient = "engine"  # type: ignore[assignment]
+    assert model.memory_efficient is False
 
 
 def test_bad_inputs_name_the_fix() -> None:
@@ -183,20 +248,6 @@ def test_checkpoint_mode_updates_dense_layer_running_statistics_twice() -> None:
             int(model.transitions_down[0].norm.num_batches_tracked),
         )
     assert counts == {False: (1, 1), "checkpoint": (2, 1)}
-
-
-def test_mode_switches_by_assignment_and_refuses_what_it_lacks() -> None:
-    torch.manual_seed(0)
-    model = FCDenseNet(**TINY).double()
-    image = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    torch.manual_seed(1)
-    plain = model(image)
-    model.memory_efficient = "checkpoint"
-    torch.manual_seed(1)
-    torch.testing.assert_close(model(image), plain)
-    with pytest.raises(NotImplementedError, match="no memory-engine"):
-        model.memory_efficient = True
-    assert model.memory_efficient == "checkpoint"
 
 
 @pytest.mark.parametrize("name", list_models(family="fc_densenet"))

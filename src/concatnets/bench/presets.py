@@ -35,12 +35,12 @@ DEFAULT_SWEEP_DEPTHS = (40, 100, 160, 250)
 # Modes each model family implements. "checkpoint" is torchvision's DenseNet technique
 # (torch.utils.checkpoint around cat + BN + ReLU + 1x1 conv); U-Nets do not have it,
 # and a truthy ``memory_efficient="checkpoint"`` must not silently run another mode.
-# FC-DenseNet and UNet++ have checkpointing but no engine mode yet; third-party models
+# FC-DenseNet has all three; UNet++ has checkpointing but no engine mode yet; third-party models
 # (``torchvision:densenet121``, ...) run unconverted and converted by
 # ``concatnets.memory_efficient``.
 FAMILY_MODES: dict[str, tuple[str, ...]] = {
     "unet": ("naive", "efficient"),
-    "fc_densenet": ("naive", "checkpoint"),
+    "fc_densenet": ("naive", "checkpoint", "efficient"),
     "unet_plusplus": ("naive", "checkpoint"),
     "external": ("naive", "efficient"),
 }

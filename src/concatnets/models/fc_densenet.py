@@ -10,8 +10,12 @@ is the concatenation of its input and its new maps (Table 2: 256 maps for FC-Den
 
 Registered variants (paper Sec. 4): ``fc_densenet56`` (4 layers per block, k = 12),
 ``fc_densenet67`` (5 layers, k = 16), ``fc_densenet103`` (4-5-7-10-12, bottleneck 15,
-k = 16). Memory modes: ``False`` and the interim ``"checkpoint"``
-(see :mod:`concatnets.models._interim_memory`).
+k = 16). Memory modes (:mod:`concatnets.models._memory_mode`): ``False`` (plain),
+``"checkpoint"`` (``torch.utils.checkpoint`` per dense layer) and ``True``, the memory
+engine: every dense block runs on one shared buffer (:func:`concatnets.engine.run_dense_block`),
+each up-path block starting from the parts ``[skip, upsampled]`` written once into its
+buffer, and each block's per-channel moments handed to the normalisations that read its
+output next (the transition down, and the up-path block that reads it as its skip).
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from concatnets.models._interim_memory import (
-    InterimMemoryMode,
-    InterimMemoryModel,
-    run_maybe_checkpointed,
+from concatnets.engine import (
+    ChannelMoments,
+    DenseBlockOutput,
+    DenseLayerSpec,
+    NormActPart,
+    norm_act_conv,
+    norm_stats,
+    run_dense_block,
 )
+from concatnets.models._memory_mode import MemoryMode, MemoryModeModel, run_maybe_checkpointed
 from concatnets.models._registry import register_model
 
 __all__ = ["DenseBlock", "DenseLayer", "FCDenseNet", "TransitionDown", "TransitionUp"]
@@ -54,6 +63,12 @@ class DenseLayer(nn.Module):
         x = torch.cat(features, dim=1)  # (N, in_channels, *spatial)
         return self.drop(self.conv(self.act(self.norm(x))))  # (N, growth_rate, *spatial)
 
+    def spec(self) -> DenseLayerSpec:
+        """The layer as the memory engine runs it."""
+        return DenseLayerSpec(
+            self.norm, self.conv, drop_rate=float(self.drop.p), training=self.drop.training
+        )
+
 
 class DenseBlock(nn.Module):
     """``num_layers`` dense layers; layer ``l`` sees the block input and all earlier new maps.
@@ -71,6 +86,7 @@ class DenseBlock(nn.Module):
         spatial_dims: int,
     ) -> None:
         super().__init__()
+        self.growth_rate = growth_rate
         self.layers = nn.ModuleList(
             DenseLayer(in_channels + i * growth_rate, growth_rate, dropout, spatial_dims)
             for i in range(num_layers)
@@ -84,6 +100,24 @@ class DenseBlock(nn.Module):
             features.append(out)
             new.append(out)
         return torch.cat(new, dim=1)  # (N, num_layers * growth_rate, *spatial)
+
+    def new_maps(self, features: Tensor) -> Tensor:
+        """The channels the block's layers added to ``features`` (its output), as a view."""
+        grown = len(self.layers) * self.growth_rate
+        return features.narrow(1, features.shape[1] - grown, grown)
+
+    def forward_engine(
+        self, inputs: Sequence[Tensor], moments: Sequence[ChannelMoments | None]
+    ) -> DenseBlockOutput:
+        """The engine's forward: one buffer ``[*inputs, new maps]`` and its channels' moments.
+
+        ``moments`` gives, per input, its per-channel batch moments when known (None to
+        measure them). The new maps are the buffer's last ``num_layers * growth_rate``
+        channels, a view.
+        """
+        return run_dense_block(
+            inputs, [layer.spec() for layer in self.layers], input_moments=moments
+        )
 
 
 class TransitionDown(nn.Module):
@@ -100,6 +134,12 @@ class TransitionDown(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.drop(self.conv(self.act(self.norm(x)))))  # (N, C, *spatial / 2)
 
+    def forward_engine(self, x: Tensor, moments: ChannelMoments | None) -> Tensor:
+        """The forward with BN and ReLU recomputed in backward from the statistics of ``x``
+        (``moments`` are its batch moments when the dense block before measured them)."""
+        part = NormActPart(x, self.norm, norm_stats(self.norm, x, moments=moments))
+        return self.pool(self.drop(norm_act_conv([part], self.conv)))
+
 
 class TransitionUp(nn.Module):
     """3x3 transposed convolution, stride 2, channels kept (Table 1): exactly doubles the size."""
@@ -114,7 +154,7 @@ class TransitionUp(nn.Module):
         return self.conv(x)  # (N, C, *2 * spatial)
 
 
-class FCDenseNet(InterimMemoryModel):
+class FCDenseNet(MemoryModeModel):
     """Fully convolutional DenseNet (Jégou et al. 2017, arXiv 1611.09326), 2-D or 3-D.
 
     Layout (module names are state-dict keys): ``first_conv``; ``down_blocks[l]`` and
@@ -134,15 +174,18 @@ class FCDenseNet(InterimMemoryModel):
         growth_rate: ``k``, the maps each layer adds.
         first_features: Maps of the first 3x3 convolution (paper: 48).
         dropout: Dropout after every convolution of the layers and transitions (0.2).
-        memory_efficient: ``False`` or ``"checkpoint"`` (recompute each dense layer in
-            backward; BN running statistics are then updated twice per training step).
-            ``True`` raises: the engine mode will come via ``concatnets.memory_efficient``.
+        memory_efficient: ``False`` (plain), ``"checkpoint"`` (recompute each dense layer
+            in backward; BN running statistics are then updated twice per training step)
+            or ``True`` (the memory engine; see the module docstring). Switch any time
+            with ``set_memory_efficient(mode)``.
 
     >>> model = FCDenseNet(num_classes=2, down_layers=(2, 2), bottleneck_layers=2,
     ...                    growth_rate=4, first_features=8).eval()
     >>> model(torch.zeros(1, 3, 13, 17)).shape
     torch.Size([1, 2, 13, 17])
     """
+
+    memory_modes = (False, "checkpoint", True)
 
     def __init__(
         self,
@@ -154,7 +197,7 @@ class FCDenseNet(InterimMemoryModel):
         growth_rate: int = 16,
         first_features: int = 48,
         dropout: float = 0.2,
-        memory_efficient: InterimMemoryMode = False,
+        memory_efficient: MemoryMode = False,
     ) -> None:
         super().__init__()
         down_layers = tuple(down_layers)
@@ -208,8 +251,16 @@ class FCDenseNet(InterimMemoryModel):
         self._check_input(x)
         spatial = tuple(x.shape[2:])
         x = _pad_to_multiple(x, 2**self.depth)  # (N, in_channels, *padded)
-        checkpoint = self.memory_efficient == "checkpoint"
         x = self.first_conv(x)  # (N, first_features, *padded)
+        if self.memory_efficient is True:
+            x = self._decode_engine(x)
+        else:
+            x = self._decode(x, checkpoint=self.memory_efficient == "checkpoint")
+        logits = self.head(x)  # (N, num_classes, *padded)
+        return logits[(..., *(slice(0, s) for s in spatial))]  # (N, num_classes, *spatial)
+
+    def _decode(self, x: Tensor, checkpoint: bool) -> Tensor:
+        """Down path, bottleneck and up path on plain tensors: the last block's output."""
         skips = []
         for block, down in zip(self.down_blocks, self.transitions_down, strict=True):
             x = torch.cat([x, block([x], checkpoint)], dim=1)  # (N, skip_l, *spatial_l)
@@ -221,9 +272,25 @@ class FCDenseNet(InterimMemoryModel):
         ):
             parts = [skip, up(new)]
             new = block(parts, checkpoint)  # (N, layers * k, *spatial_l)
-        x = torch.cat([*parts, new], dim=1)  # (N, skip_0 + upsampled + new, *padded)
-        logits = self.head(x)
-        return logits[(..., *(slice(0, s) for s in spatial))]  # (N, num_classes, *spatial)
+        return torch.cat([*parts, new], dim=1)  # (N, skip_0 + upsampled + new, *padded)
+
+    def _decode_engine(self, x: Tensor) -> Tensor:
+        """:meth:`_decode` on the engine: each block's output is its buffer
+        ``[inputs, new maps]``; the up path upsamples a view of the new maps."""
+        skips: list[DenseBlockOutput] = []
+        for block, down in zip(self.down_blocks, self.transitions_down, strict=True):
+            skip = block.forward_engine([x], [None])  # buffer (N, skip_l, *spatial_l)
+            skips.append(skip)
+            x = down.forward_engine(*skip)
+        before = self.bottleneck
+        out = before.forward_engine([x], [None])
+        for up, block, skip in zip(
+            self.transitions_up, self.up_blocks, reversed(skips), strict=True
+        ):
+            new = before.new_maps(out.features)  # (N, layers * k, *spatial_l), a view
+            out = block.forward_engine([skip.features, up(new)], [skip.moments, None])
+            before = block
+        return out.features  # (N, skip_0 + upsampled + new, *padded)
 
     def _check_input(self, x: Tensor) -> None:
         _check_input(type(self).__name__, x, self.spatial_dims, self.in_channels)
