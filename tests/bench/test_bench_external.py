@@ -22,11 +22,13 @@ SHAPE = ["--batch", "2", "--image-size", "32", "--threads", "1", "--warmup", "0"
 
 
 def test_families_without_an_engine_mode_skip_it():
-    assert FAMILY_MODES["fc_densenet"] == ("naive", "checkpoint")
+    assert FAMILY_MODES["fc_densenet"] == ("naive", "checkpoint", "efficient")
     assert FAMILY_MODES["unet_plusplus"] == ("naive", "checkpoint")
-    rows, notes = family_modes([Row("fc_densenet56", batch=1, image_size=32)])
+    rows, notes = family_modes([Row("unet_plusplus_small", batch=1, image_size=32)])
     assert rows[0].modes == ("naive", "checkpoint")
-    assert notes == ["fc_densenet56: the fc_densenet family has no 'efficient' mode; skipped"]
+    assert notes == [
+        "unet_plusplus_small: the unet_plusplus family has no 'efficient' mode; skipped"
+    ]
 
 
 def test_bench_memory_measures_naive_and_converted(tmp_path: Path, capsys) -> None:

@@ -55,9 +55,16 @@ def test_models_lists_the_new_families(capsys):
 
 def test_memory_efficient_flag_says_the_engine_mode_is_not_there_yet(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", *FC_DENSENET_TINY, *DATA, *FAST, "--memory-efficient", "--output", str(run)]
+    args = ["train", *UNET_PLUSPLUS_TINY, *DATA, *FAST, "--memory-efficient", "--output", str(run)]
     assert main(args) != 0
     assert "concatnets.memory_efficient" in capsys.readouterr().err
+
+
+def test_fc_densenet_trains_on_the_engine(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", *FC_DENSENET_TINY, *DATA, *FAST, "--memory-efficient", "--output", str(run)]
+    assert main(args) == 0
+    assert np.isfinite(json.loads((run / "metrics.json").read_text())[0]["train_loss"])
 
 
 def test_train_3d_on_builtin_cells3d(tmp_path):
