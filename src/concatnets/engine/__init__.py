@@ -18,6 +18,7 @@ from concatnets.engine.block_buffer import (
     run_dense_block,
 )
 from concatnets.engine.dense_layer import ChannelMoments, DenseLayerLike, DenseLayerSpec
+from concatnets.engine.dropout import dropout
 from concatnets.engine.layout_choice import layout_decisions, set_layout, use_layout
 from concatnets.engine.parts_conv import NormActPart, norm_act_conv
 from concatnets.engine.stats import NormStats, norm_stats
@@ -31,6 +32,7 @@ __all__ = [
     "NormActPart",
     "NormStats",
     "dense_block",
+    "dropout",
     "layout_decisions",
     "norm_act_conv",
     "norm_stats",

@@ -31,6 +31,7 @@ from concatnets.engine import (
     DenseBlockOutput,
     DenseLayerSpec,
     NormActPart,
+    dropout,
     norm_act_conv,
     norm_stats,
     run_dense_block,
@@ -138,7 +139,8 @@ class TransitionDown(nn.Module):
         """The forward with BN and ReLU recomputed in backward from the statistics of ``x``
         (``moments`` are its batch moments when the dense block before measured them)."""
         part = NormActPart(x, self.norm, norm_stats(self.norm, x, moments=moments))
-        return self.pool(self.drop(norm_act_conv([part], self.conv)))
+        z = norm_act_conv([part], self.conv)  # (N, C, *spatial)
+        return self.pool(dropout(z, float(self.drop.p), self.drop.training))
 
 
 class TransitionUp(nn.Module):
