@@ -23,7 +23,7 @@ SHAPE = ["--batch", "2", "--image-size", "32", "--threads", "1", "--warmup", "0"
 
 def test_families_without_an_engine_mode_skip_it():
     assert FAMILY_MODES["fc_densenet"] == ("naive", "checkpoint")
-    assert FAMILY_MODES["unet_plusplus"] == ("naive", "checkpoint")
+    assert FAMILY_MODES["unet_plusplus"] == ("naive", "checkpoint", "efficient")
     rows, notes = family_modes([Row("fc_densenet56", batch=1, image_size=32)])
     assert rows[0].modes == ("naive", "checkpoint")
     assert notes == ["fc_densenet56: the fc_densenet family has no 'efficient' mode; skipped"]
