@@ -17,6 +17,9 @@ def test_targets_preset_matches_the_project_targets() -> None:
     assert (rows["densenet_bc_100"].batch, rows["densenet_bc_100"].image_size) == (64, 32)
     assert (rows["densenet121"].batch, rows["densenet121"].image_size) == (8, 224)
     assert (rows["unet"].batch, rows["unet"].image_size) == (4, 256)
+    nested = rows["unet_plusplus (deep supervision)"]
+    assert (nested.model, nested.batch, nested.image_size) == ("unet_plusplus", 4, 256)
+    assert nested.model_kwargs == {"deep_supervision": True}
 
 
 def test_sweep_preset_sweeps_depth_and_runs_1000_layers_efficient_only() -> None:

@@ -50,21 +50,10 @@ def weighted_loss(out: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(("dims", "norm", "up", "padding", "size"), CASES)
 def test_efficient_matches_naive(
-    dims: int, norm: str, up: str, padding: str, size: tuple[int, ...]
+    dims: int, norm: str, up: str, padding: str, size: tuple[int, ...], assert_same_step
 ) -> None:
     naive, efficient = pair(spatial_dims=dims, normalization=norm, upsampling=up, padding=padding)
-    x = torch.randn(2, 2, *size, dtype=torch.float64)
-    inputs = [x.clone().requires_grad_() for _ in range(2)]
-    outputs = [model(t) for model, t in zip((naive, efficient), inputs, strict=True)]
-    for out in outputs:
-        weighted_loss(out).backward()
-    torch.testing.assert_close(outputs[1], outputs[0])
-    torch.testing.assert_close(inputs[1].grad, inputs[0].grad)
-    for (name, a), b in zip(naive.named_parameters(), efficient.parameters(), strict=True):
-        assert b.grad is not None, f"{name} got no gradient"
-        torch.testing.assert_close(b.grad, a.grad, msg=name)
-    for (name, a), b in zip(naive.named_buffers(), efficient.buffers(), strict=True):
-        torch.testing.assert_close(b, a, msg=name)  # running statistics updated once
+    assert_same_step(naive, efficient, torch.randn(2, 2, *size, dtype=torch.float64))
 
 
 def test_two_optimizer_steps_give_the_same_weights() -> None:

@@ -118,9 +118,9 @@ def test_checkpoint_mode_keeps_fewer_tensors_for_backward(saved_storage_bytes) -
     assert saved_bytes("checkpoint") < 0.5 * saved_bytes(False)
 
 
-def test_engine_mode_and_bad_settings_are_refused_with_the_fix() -> None:
-    with pytest.raises(NotImplementedError, match=r"concatnets\.memory_efficient"):
-        UNetPlusPlus(**TINY, memory_efficient=True)
+def test_bad_settings_are_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"False \(naive\) or 'checkpoint' or True"):
+        UNetPlusPlus(**TINY, memory_efficient="engine")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="deep_supervision"):
         UNetPlusPlus(**TINY, deep_supervision="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="normalization"):
@@ -144,14 +144,15 @@ def test_checkpoint_mode_updates_node_running_statistics_twice() -> None:
 
 
 def test_mode_switches_by_assignment_and_refuses_what_it_lacks() -> None:
-    model = UNetPlusPlus(**TINY).double()
+    model = UNetPlusPlus(**TINY).double().eval()
     image = torch.randn(1, 2, 8, 8, dtype=torch.float64)
     plain = model(image)
     model.memory_efficient = "checkpoint"
     torch.testing.assert_close(model(image), plain)
-    with pytest.raises(NotImplementedError, match="no memory-engine"):
-        model.memory_efficient = True
-    assert model.memory_efficient == "checkpoint"
+    torch.testing.assert_close(model.set_memory_efficient(True)(image), plain)
+    with pytest.raises(ValueError, match="memory_efficient must be"):
+        model.memory_efficient = "fast"  # type: ignore[assignment]
+    assert model.memory_efficient is True
 
 
 @pytest.mark.parametrize("name", list_models(family="unet_plusplus"))

@@ -4,7 +4,8 @@ The presets reproduce the project's targets, each compared with the naive refere
 measured in the same run:
 
 - ``targets``: ``densenet_bc_100`` batch 64 at 32x32, ``densenet121`` batch 8 at
-  224x224 (plus torchvision's rows when it imports) and ``unet`` batch 4 at 256x256.
+  224x224 (plus torchvision's rows when it imports), ``unet`` batch 4 at 256x256 and
+  ``unet_plusplus`` (the paper's configuration, deep supervision) batch 4 at 256x256.
 - ``sweep``: DenseNet-BC (k=12, batch 64, 32x32) at depths 40, 100, 160, 250, then one
   training step of a 1000-layer DenseNet-BC in efficient mode only (``deep``).
 - ``all``: both of the above. ``quick``: a small version of both, for a first look.
@@ -35,13 +36,13 @@ DEFAULT_SWEEP_DEPTHS = (40, 100, 160, 250)
 # Modes each model family implements. "checkpoint" is torchvision's DenseNet technique
 # (torch.utils.checkpoint around cat + BN + ReLU + 1x1 conv); U-Nets do not have it,
 # and a truthy ``memory_efficient="checkpoint"`` must not silently run another mode.
-# FC-DenseNet has all three; UNet++ has checkpointing but no engine mode yet; third-party models
+# Every built-in family has all its modes; third-party models
 # (``torchvision:densenet121``, ...) run unconverted and converted by
 # ``concatnets.memory_efficient``.
 FAMILY_MODES: dict[str, tuple[str, ...]] = {
     "unet": ("naive", "efficient"),
     "fc_densenet": ("naive", "checkpoint", "efficient"),
-    "unet_plusplus": ("naive", "checkpoint"),
+    "unet_plusplus": ("naive", "checkpoint", "efficient"),
     "external": ("naive", "efficient"),
 }
 _TORCHVISION_MODEL = "densenet121"
@@ -159,6 +160,14 @@ def _targets() -> list[Row]:
             group="targets",
             label="unet (channels-last)",
             channels_last=True,
+        ),
+        Row(
+            "unet_plusplus",
+            batch=4,
+            image_size=256,
+            group="targets",
+            label="unet_plusplus (deep supervision)",
+            model_kwargs={"deep_supervision": True},
         ),
     ]
 

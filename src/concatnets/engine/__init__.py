@@ -3,14 +3,17 @@
 Knows nothing of models. DenseNet and FC-DenseNet use :func:`run_dense_block` (layers
 described by :class:`DenseLayerSpec`, the block input given as parts, the output's
 :class:`ChannelMoments` handed to the next normalisation) and :func:`norm_act_conv`;
-U-Net uses :func:`norm_act_conv` for every convolution (skips written into the decoder's
-concatenation, pooling and up-convolution recomputed in backward). Its memory layout is
+U-Net and UNet++ are written once in :mod:`~concatnets.engine.vocabulary`, whose
+operations run plain torch on tensors and build :func:`norm_act_conv` parts on the
+engine (skips written into the decoder's concatenation, pooling and up-convolution
+recomputed in backward). Its memory layout is
 chosen per machine; :func:`set_layout` and :func:`use_layout` override it and
 :func:`layout_decisions` shows what was chosen.
 """
 
 from __future__ import annotations
 
+from concatnets.engine import vocabulary
 from concatnets.engine.block_buffer import (
     BottleneckPolicy,
     DenseBlockOutput,
@@ -39,4 +42,5 @@ __all__ = [
     "run_dense_block",
     "set_layout",
     "use_layout",
+    "vocabulary",
 ]

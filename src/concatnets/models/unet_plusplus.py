@@ -16,8 +16,11 @@ that every loss of the CLI (which takes one logits tensor) trains it.
 that averages per-head losses as the paper does.
 
 Registered variants: ``unet_plusplus`` (the paper's configuration) and
-``unet_plusplus_small``. Memory modes: ``False`` and the interim ``"checkpoint"``
-(see :mod:`concatnets.models._interim_memory`).
+``unet_plusplus_small``. Memory modes (:mod:`concatnets.models._memory_mode`): ``False``,
+``"checkpoint"`` and ``True``, the engine, from the same forward written in
+:mod:`concatnets.engine.vocabulary`: each node is stored once, as its second
+convolution's output before normalisation plus the statistics, and none of the nested
+concatenations, up-convolutions or poolings is stored.
 """
 
 from __future__ import annotations
@@ -27,11 +30,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from concatnets.models._interim_memory import (
-    InterimMemoryMode,
-    InterimMemoryModel,
-    run_maybe_checkpointed,
-)
+from concatnets.engine import vocabulary as vocab
+from concatnets.engine.vocabulary import FeatureMap
+from concatnets.models._memory_mode import MemoryMode, MemoryModeModel, run_maybe_checkpointed
 from concatnets.models._registry import register_model
 from concatnets.models.fc_densenet import _check_input, _pad_to_multiple
 from concatnets.models.unet import (
@@ -73,14 +74,14 @@ class NestedNode(nn.Module):
             normalization=normalization,
         )
 
-    def forward(self, *parts: Tensor) -> Tensor:
+    def forward(self, *parts: FeatureMap) -> FeatureMap:
         """``parts``: ``X(i, 0..j-1)`` then ``X(i+1, j-1)`` (the coarse map, last)."""
         *same_level, coarse = parts
-        x = torch.cat([*same_level, self.up(coarse)], dim=1)  # (N, (j + 1) * C, *spatial)
+        x = vocab.cat([*same_level, vocab.conv(coarse, self.up)])  # (N, (j + 1) * C, *s)
         return self.block(x)  # (N, C, *spatial)
 
 
-class UNetPlusPlus(InterimMemoryModel):
+class UNetPlusPlus(MemoryModeModel):
     """UNet++ (Zhou et al. 2018, arXiv 1807.10165), 2-D or 3-D.
 
     Layout (module names are state-dict keys): ``encoder[i]`` is ``X(i, 0)``, ``pool``
@@ -100,14 +101,16 @@ class UNetPlusPlus(InterimMemoryModel):
         features: Maps of level 0, doubling per level (the paper: 32 -> 512).
         deep_supervision: Heads on ``X(0, 1..depth)``, output their average.
         normalization: ``"batch"`` (the paper's setting here), ``"instance"`` or ``"none"``.
-        memory_efficient: ``False`` or ``"checkpoint"`` (recompute each node in backward;
-            BN running statistics are then updated twice per training step). ``True``
-            raises: the engine mode will come via ``concatnets.memory_efficient``.
+        memory_efficient: ``False`` (naive), ``"checkpoint"`` (recompute each node in
+            backward; BN running statistics are then updated twice per training step) or
+            ``True`` (the memory engine); switch later with ``set_memory_efficient``.
 
     >>> model = UNetPlusPlus(depth=2, features=4, deep_supervision=True).eval()
     >>> model(torch.zeros(1, 1, 13, 17)).shape
     torch.Size([1, 2, 13, 17])
     """
+
+    memory_modes = (False, "checkpoint", True)
 
     def __init__(
         self,
@@ -118,7 +121,7 @@ class UNetPlusPlus(InterimMemoryModel):
         features: int = 32,
         deep_supervision: bool = False,
         normalization: Normalization = "batch",
-        memory_efficient: InterimMemoryMode = False,
+        memory_efficient: MemoryMode = False,
     ) -> None:
         super().__init__()
         _check_config(spatial_dims, in_channels, num_classes, depth, features)
@@ -168,27 +171,33 @@ class UNetPlusPlus(InterimMemoryModel):
         deep supervision. Average per-head losses over them to train as the paper does."""
         _check_input(type(self).__name__, x, self.spatial_dims, self.in_channels)
         spatial = tuple(x.shape[2:])
-        nodes = self._forward_nodes(_pad_to_multiple(x, 2**self.depth))
+        padded = _pad_to_multiple(x, 2**self.depth)
+        heads = vocab.run(self._forward_heads, padded, engine=self.memory_efficient is True)
+        crop = (..., *(slice(0, s) for s in spatial))
+        return [head[crop] for head in heads]
+
+    def _forward_heads(self, x: FeatureMap) -> list[FeatureMap]:
+        """The network, for every mode (:mod:`concatnets.engine.vocabulary`)."""
+        nodes = self._forward_nodes(x)
         finals = [nodes[0][j] for j in range(1, self.depth + 1)]
         head_modules: Sequence[nn.Module] = [*self.side_heads, self.head]
-        crop = (..., *(slice(0, s) for s in spatial))
         return [
-            head(node)[crop]
+            vocab.conv(node, head)
             for head, node in zip(head_modules, finals[-len(head_modules) :], strict=True)
         ]
 
-    def _forward_nodes(self, x: Tensor) -> list[list[Tensor]]:
+    def _forward_nodes(self, x: FeatureMap) -> list[list[FeatureMap]]:
         """All nodes: ``grid[i][j]`` is ``X(i, j)``, ``(N, features * 2**i, *spatial_i)``."""
         checkpoint = self.memory_efficient == "checkpoint"
-        grid: list[list[Tensor]] = []
+        grid: list[list[FeatureMap]] = []
         for level, block in enumerate(self.encoder):
-            x = block(x if level == 0 else self.pool(x))
+            x = block(x if level == 0 else vocab.pool(x, self.pool))
             grid.append([x])
         for j in range(1, self.depth + 1):
             for i in range(self.depth + 1 - j):
                 node = self.nodes[f"x{i}_{j}"]
                 parts = [*grid[i][:j], grid[i + 1][j - 1]]
-                grid[i].append(run_maybe_checkpointed(node, parts, checkpoint))
+                grid[i].append(run_maybe_checkpointed(node, parts, checkpoint))  # type: ignore[arg-type]
         return grid
 
 
