@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from concatnets.engine.layout import layout_of
-from concatnets.engine.precision import is_reduced, stats_dtype
+from concatnets.engine.precision import REDUCED_DTYPES, is_reduced, stats_dtype
 
 __all__ = [
     "NormStats",
@@ -26,6 +26,7 @@ __all__ = [
     "norm_act_backward",
     "norm_act_forward",
     "norm_stats",
+    "relu_",
     "relu_backward_",
     "scale_shift_act",
     "update_running_stats",
@@ -173,7 +174,7 @@ def scale_shift_act(
         _scale_shift_in_float(x, scale, shift, out)
     else:
         torch.addcmul(shift, x, scale, out=out)
-    return out.relu_() if activation else out
+    return relu_(out) if activation else out
 
 
 def _scale_shift_in_float(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> None:
@@ -234,11 +235,53 @@ def norm_act_forward(
         x, weight, bias, running_mean, running_var, True, momentum, bn.eps
     )
     var = (invstd.pow(-2) - bn.eps).clamp_(min=0)
-    return y.relu_(), NormStats(mean, var, invstd, True, bn.eps)
+    return relu_(y), NormStats(mean, var, invstd, True, bn.eps)
+
+
+# The bit pattern of -inf read as int16: a float16/bfloat16 is negative and not NaN exactly
+# when its int16 reading is at most this (sign bit set, exponent and mantissa at most inf's).
+_NEGATIVE_INFINITY_BITS = {
+    dtype: int(torch.tensor(float("-inf"), dtype=dtype).view(torch.int16))
+    for dtype in REDUCED_DTYPES
+}
+
+
+def _on_bits(t: Tensor) -> bool:
+    """Whether ReLU and its backward run on ``t``'s bit pattern (float16/bfloat16 on CPU).
+
+    On CPU the float16/bfloat16 elementwise kernels convert every element to float32 and
+    back; the same comparison on the int16 reading is 4-5x faster (1 thread,
+    ``(64, 192, 32, 32)`` bfloat16: ``relu_`` 12.9 ms, on the bits 2.6 ms).
+    """
+    return is_reduced(t.dtype) and t.device.type == "cpu"
+
+
+def relu_(t: Tensor) -> Tensor:
+    """ReLU of ``t`` in place.
+
+    A float16/bfloat16 ``t`` on CPU is rectified on its int16 reading: every value whose
+    reading is at most that of ``-inf`` (the negative numbers, ``-inf`` and ``-0.0``) is
+    set to ``+0.0``; NaNs stay NaN, as ``torch.relu`` keeps them.
+    """
+    if not _on_bits(t):
+        return t.relu_()
+    torch.nn.functional.threshold_(t.view(torch.int16), _NEGATIVE_INFINITY_BITS[t.dtype], 0)
+    return t
 
 
 def relu_backward_(grad_y: Tensor, y: Tensor) -> Tensor:
-    """Zero ``grad_y`` in place where the ReLU output ``y`` is not positive."""
+    """Zero ``grad_y`` in place where the ReLU output ``y`` is not positive.
+
+    For float16/bfloat16 on CPU the test runs on the int16 readings (see :func:`relu_`):
+    ``y`` is positive when its reading is, and ``grad_y`` is kept bit for bit. The one
+    difference from ``torch.relu``'s backward: a gradient at a NaN with the sign bit clear
+    is kept rather than zeroed; a step with a NaN activation has non-finite gradients
+    either way (the NaN reaches the next convolution's weight gradient).
+    """
+    if _on_bits(grad_y) and y.dtype == grad_y.dtype:
+        bits = grad_y.view(torch.int16)
+        torch.ops.aten.threshold_backward.grad_input(bits, y.view(torch.int16), 0, grad_input=bits)
+        return grad_y
     return torch.ops.aten.threshold_backward.grad_input(grad_y, y, 0, grad_input=grad_y)
 
 
