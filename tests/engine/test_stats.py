@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from concatnets.engine.stats import relu_, relu_backward_
+from concatnets.engine.layout import layout_of
+from concatnets.engine.stats import NormStats, norm_act, relu_, relu_backward_
 
 REDUCED = [torch.bfloat16, torch.float16]
 
@@ -56,3 +57,68 @@ def test_relu_backward_float32_is_threshold_backward() -> None:
     grad = torch.randn(y.shape)
     got = relu_backward_(grad.clone(), y)
     assert torch.equal(got, torch.ops.aten.threshold_backward(grad, y, 0))
+
+
+def reference_norm_act(x: Tensor, weight: Tensor, bias: Tensor, stats: NormStats) -> Tensor:
+    """``relu(batch_norm(x))`` with ``stats`` in float64, rounded to ``x``'s dtype once."""
+    view = (-1,) + (1,) * (x.dim() - 2)
+    scale = (stats.invstd * weight).double().view(view)
+    shift = (bias - stats.mean * stats.invstd * weight).double().view(view)
+    return torch.relu(x.double() * scale + shift).to(x.dtype)
+
+
+def some_stats(channels: int) -> tuple[Tensor, Tensor, NormStats]:
+    mean, var = torch.randn(channels), torch.rand(channels) + 0.5
+    stats = NormStats(mean, var, torch.rsqrt(var + 1e-5), True, 1e-5)
+    return torch.rand(channels) + 0.5, torch.randn(channels), stats
+
+
+# Shapes that make norm_act run in one block, sample by sample, and (the last, a sample of
+# more than 2**18 elements) in runs of channels within a sample.
+SHAPES = [(3, 6, 5, 5), (4, 12, 48, 48), (2, 48, 96, 96)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("source", ["contiguous", "channel slice", "channels last", "crop"])
+def test_norm_act_matches_batch_norm_relu(
+    dtype: torch.dtype, shape: tuple[int, ...], source: str
+) -> None:
+    torch.manual_seed(0)
+    n, c, h, w = shape
+    full = torch.randn(n, c + 4, h + 2, w + 2).to(dtype)
+    if source == "channels last":
+        full = full.contiguous(memory_format=torch.channels_last)
+    x = {
+        "contiguous": full[:, :c, :h, :w].contiguous(),
+        "channel slice": full[:, 2 : 2 + c, :h, :w].contiguous().narrow(1, 0, c),
+        "channels last": full[:, :c, :h, :w].contiguous(memory_format=torch.channels_last),
+        "crop": full[:, 1 : 1 + c, 1 : 1 + h, 1 : 1 + w],
+    }[source]
+    if source == "channel slice":
+        buffer = torch.randn(n, c + 4, h, w).to(dtype)
+        buffer.narrow(1, 0, c).copy_(x)
+        x = buffer.narrow(1, 0, c)
+    weight, bias, stats = some_stats(c)
+    expected = reference_norm_act(x, weight, bias, stats)
+    got = norm_act(x, weight, bias, stats)
+    assert got.dtype == dtype and got.shape == x.shape
+    # float32: rounding of the fused multiply-add; bfloat16: one rounding of a float32 value.
+    tolerance = {"rtol": 2**-7, "atol": 2**-7} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got, expected, **tolerance)
+    # Into a channel slice of a buffer, as the engine writes a concatenation; a strided
+    # target may take the kernel's general path, which may round differently by an ulp.
+    buffer = torch.full((n, c + 3, h, w), float("nan"), dtype=dtype)
+    into = buffer.contiguous(memory_format=layout_of(x)).narrow(1, 3, c)
+    assert norm_act(x, weight, bias, stats, out=into) is into
+    torch.testing.assert_close(into, got)
+
+
+def test_norm_act_without_activation_keeps_negative_values() -> None:
+    x = torch.randn(4, 5, 7, 7)
+    weight, bias, stats = some_stats(5)
+    y = norm_act(x, weight, bias, stats, activation=False)
+    view = (-1, 1, 1)
+    expected = (x - stats.mean.view(view)) * (stats.invstd * weight).view(view) + bias.view(view)
+    torch.testing.assert_close(y, expected)
+    assert bool((y < 0).any())
