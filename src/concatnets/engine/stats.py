@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from concatnets.engine.layout import layout_of
-from concatnets.engine.precision import is_reduced, stats_dtype
+from concatnets.engine.precision import REDUCED_DTYPES, is_reduced, stats_dtype
 
 __all__ = [
     "NormStats",
@@ -26,6 +26,7 @@ __all__ = [
     "norm_act_backward",
     "norm_act_forward",
     "norm_stats",
+    "relu_",
     "relu_backward_",
     "scale_shift_act",
     "update_running_stats",
@@ -164,48 +165,119 @@ def scale_shift_act(
     """``relu(x * scale + shift)`` into ``out`` or a new tensor in ``x``'s layout.
 
     ``scale`` and ``shift`` broadcast against ``x`` (per channel, or per sample and
-    channel); one fused multiply-add per element. A float16/bfloat16 ``x`` goes through
-    :func:`_scale_shift_in_float`, which rounds once as autocast's batch norm does.
+    channel). When they are in the statistics dtype of ``x`` (float32 for a float32,
+    float16 or bfloat16 ``x``) :func:`_scale_shift_native` computes it one cache-sized
+    block at a time, the ReLU on each block while it is still in cache; otherwise one
+    ``addcmul`` and one ReLU pass.
     """
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout_of(x))
-    if is_reduced(x.dtype) and stats_dtype(x.dtype) == scale.dtype:
-        _scale_shift_in_float(x, scale, shift, out)
-    else:
-        torch.addcmul(shift, x, scale, out=out)
-    return out.relu_() if activation else out
+    if scale.dtype == stats_dtype(x.dtype) and x.dim() >= 2:
+        _scale_shift_native(x, scale, shift, out, activation=activation)
+        return out
+    torch.addcmul(shift, x, scale, out=out)
+    return relu_(out) if activation else out
 
 
-def _scale_shift_in_float(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> None:
-    """``out = x * scale + shift`` computed in float32 and rounded once to ``x``'s dtype.
+# Elements per block of :func:`_scale_shift_native`. Measured on CPU (1 thread, Intel Xeon
+# with AVX-512, torch 2.13), normalisation plus ReLU of a channel slice of a dense block's
+# buffer, ``(64, 192, 32, 32)`` of ``(64, 216, 32, 32)``: float32 21 ms in one call, 10 ms
+# sample by sample; bfloat16 20 ms against 8 ms. A contiguous bfloat16 tensor gains from
+# blocks too (10 ms against 8 ms), a contiguous float32 one does not (8.7 ms against 9.7).
+_BLOCK_ELEMENTS = 2**18
 
-    The native batch-norm kernel in inference mode with zero mean, unit variance and
-    ``eps = 0`` computes exactly ``x * weight + bias`` with float32 parameters. Rounding
-    ``scale`` and ``shift`` to bfloat16 for an ``addcmul`` instead would cost an absolute
-    error of ``|shift| * 2**-8`` (``shift`` is about ``mean * scale``), which flips ReLU
-    signs near zero that autocast's batch norm gets right; a mixed-dtype ``addcmul`` is
-    about 30x slower on CPU. Per-sample parameters (group norm) run one sample at a time.
+
+def _dense_format(t: Tensor) -> torch.memory_format | None:
+    """The memory format ``t`` is contiguous in, or None for a strided view."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    layout = layout_of(t)
+    return layout if t.is_contiguous(memory_format=layout) else None
+
+
+def _samples_per_block(x: Tensor, out: Tensor, per_sample: bool) -> tuple[int, bool]:
+    """How many samples of ``x`` go into one block, and whether blocks are contiguous.
+
+    Contiguous blocks take the native kernel's fast path and stay in cache between the
+    normalisation and the ReLU. A strided ``x`` or ``out`` whose samples are contiguous
+    (a channel slice of a buffer in the default layout) goes sample by sample.
+    """
+    samples = x.shape[0]
+    if x.device.type != "cpu" or samples == 0:  # cache blocking is a CPU matter
+        return (1 if per_sample else max(samples, 1)), False
+    layout = _dense_format(x)
+    if layout is not None and _dense_format(out) == layout:
+        if per_sample:
+            return 1, True
+        if not is_reduced(x.dtype):
+            return samples, True
+        return max(1, _BLOCK_ELEMENTS // max(x[0].numel(), 1)), True
+    layout = _dense_format(x[:1])
+    dense_samples = layout is not None and _dense_format(out[:1]) == layout
+    if dense_samples:  # also when small: the same arithmetic as on a contiguous copy
+        return 1, True
+    return (1 if per_sample else samples), False
+
+
+def _blocks(x: Tensor, out: Tensor, per_sample: bool) -> list[tuple[slice, slice]]:
+    """``(samples, channels)`` slices cutting ``x`` and ``out`` into blocks.
+
+    Runs of whole samples (:func:`_samples_per_block`); in the default layout a single
+    sample larger than a block is cut further into runs of channels, which are
+    contiguous too.
+    """
+    samples, channels = x.shape[0], x.shape[1]
+    run, dense = _samples_per_block(x, out, per_sample)
+    width = channels
+    if dense and run == 1 and _dense_format(x[:1]) == torch.contiguous_format:
+        per_channel = x[0, 0].numel() if channels else 1
+        width = max(1, min(channels, _BLOCK_ELEMENTS // max(per_channel, 1)))
+    return [
+        (slice(n, min(n + run, samples)), slice(c, min(c + width, channels)))
+        for n in range(0, samples, run)
+        for c in range(0, channels, width)
+    ]
+
+
+def _scale_shift_native(
+    x: Tensor, scale: Tensor, shift: Tensor, out: Tensor, *, activation: bool
+) -> None:
+    """``out = relu(x * scale + shift)`` by the native batch-norm kernel, rounded once.
+
+    The kernel in inference mode with zero mean, unit variance and ``eps = 0`` computes
+    exactly ``x * weight + bias`` with ``weight`` and ``bias`` in the statistics dtype,
+    several times faster on CPU than ``addcmul`` plus ReLU (1 thread, float32
+    ``(64, 192, 32, 32)``: 9 ms against 18 ms). For a float16/bfloat16 ``x`` it computes
+    in float32 and rounds once, as autocast's batch norm does; rounding ``scale`` and
+    ``shift`` to bfloat16 for an ``addcmul`` instead would cost an absolute error of
+    ``|shift| * 2**-8`` (``shift`` is about ``mean * scale``), which flips ReLU signs near
+    zero that autocast's batch norm gets right. Per-sample parameters (group norm) run
+    one sample at a time.
     """
     channels = x.shape[1]
     scale, shift = torch.broadcast_tensors(scale, shift)
     scale, shift = scale.reshape(-1, channels), shift.reshape(-1, channels)
+    per_sample = scale.shape[0] > 1
     zeros, ones = scale.new_zeros(channels), scale.new_ones(channels)
     unused = scale.new_empty(0)
-    for row in range(scale.shape[0]):
-        rows = slice(None) if scale.shape[0] == 1 else slice(row, row + 1)
+    for samples, part in _blocks(x, out, per_sample):
+        row = samples.start if per_sample else 0
+        block = out[samples, part]
         torch.ops.aten.native_batch_norm.out(
-            x[rows],
-            scale[row].contiguous(),
-            shift[row].contiguous(),
-            zeros,
-            ones,
+            x[samples, part],
+            scale[row, part].contiguous(),
+            shift[row, part].contiguous(),
+            zeros[part],
+            ones[part],
             False,
             0.0,
             0.0,
-            out=out[rows],
+            out=block,
             save_mean=unused,
             save_invstd=unused,
         )
+        if activation:
+            relu_(block)
 
 
 @torch.no_grad()
@@ -234,11 +306,53 @@ def norm_act_forward(
         x, weight, bias, running_mean, running_var, True, momentum, bn.eps
     )
     var = (invstd.pow(-2) - bn.eps).clamp_(min=0)
-    return y.relu_(), NormStats(mean, var, invstd, True, bn.eps)
+    return relu_(y), NormStats(mean, var, invstd, True, bn.eps)
+
+
+# The bit pattern of -inf read as int16: a float16/bfloat16 is negative and not NaN exactly
+# when its int16 reading is at most this (sign bit set, exponent and mantissa at most inf's).
+_NEGATIVE_INFINITY_BITS = {
+    dtype: int(torch.tensor(float("-inf"), dtype=dtype).view(torch.int16))
+    for dtype in REDUCED_DTYPES
+}
+
+
+def _on_bits(t: Tensor) -> bool:
+    """Whether ReLU and its backward run on ``t``'s bit pattern (float16/bfloat16 on CPU).
+
+    On CPU the float16/bfloat16 elementwise kernels convert every element to float32 and
+    back; the same comparison on the int16 reading is 4-5x faster (1 thread,
+    ``(64, 192, 32, 32)`` bfloat16: ``relu_`` 12.9 ms, on the bits 2.6 ms).
+    """
+    return is_reduced(t.dtype) and t.device.type == "cpu"
+
+
+def relu_(t: Tensor) -> Tensor:
+    """ReLU of ``t`` in place.
+
+    A float16/bfloat16 ``t`` on CPU is rectified on its int16 reading: every value whose
+    reading is at most that of ``-inf`` (the negative numbers, ``-inf`` and ``-0.0``) is
+    set to ``+0.0``; NaNs stay NaN, as ``torch.relu`` keeps them.
+    """
+    if not _on_bits(t):
+        return t.relu_()
+    torch.nn.functional.threshold_(t.view(torch.int16), _NEGATIVE_INFINITY_BITS[t.dtype], 0)
+    return t
 
 
 def relu_backward_(grad_y: Tensor, y: Tensor) -> Tensor:
-    """Zero ``grad_y`` in place where the ReLU output ``y`` is not positive."""
+    """Zero ``grad_y`` in place where the ReLU output ``y`` is not positive.
+
+    For float16/bfloat16 on CPU the test runs on the int16 readings (see :func:`relu_`):
+    ``y`` is positive when its reading is, and ``grad_y`` is kept bit for bit. The one
+    difference from ``torch.relu``'s backward: a gradient at a NaN with the sign bit clear
+    is kept rather than zeroed; a step with a NaN activation has non-finite gradients
+    either way (the NaN reaches the next convolution's weight gradient).
+    """
+    if _on_bits(grad_y) and y.dtype == grad_y.dtype:
+        bits = grad_y.view(torch.int16)
+        torch.ops.aten.threshold_backward.grad_input(bits, y.view(torch.int16), 0, grad_input=bits)
+        return grad_y
     return torch.ops.aten.threshold_backward.grad_input(grad_y, y, 0, grad_input=grad_y)
 
 
