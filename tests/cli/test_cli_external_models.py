@@ -91,3 +91,14 @@ def test_missing_library_is_a_one_line_error_naming_the_package(tmp_path, monkey
 def test_default_run_folder_has_no_colon():
     folder = default_run_dir(TrainConfig(model="smp:Unet", data="builtin:cells"))
     assert folder.name.startswith("smp_Unet-cells-")
+
+
+def test_a_misspelt_smp_model_arg_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("segmentation_models_pytorch")
+    args = ["train", *SMP_TINY, "--model-arg", "encoder_dpth=3", *CELLS, *FAST]
+    assert main([*args, "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: smp:Unet has no argument 'encoder_dpth'"), err
+    assert "did you mean 'encoder_depth'?" in errors[0]

@@ -34,6 +34,7 @@ __all__ = [
     "LIBRARIES",
     "ExternalLibrary",
     "LibraryMissingError",
+    "check_keywords",
     "conversion_report",
     "external_model_spec",
     "is_external_name",
@@ -56,6 +57,10 @@ class ExternalLibrary:
         no_download: Settings that keep the constructor from fetching weights.
         defaults: Other settings the CLI fills in (MONAI's ``spatial_dims=2``).
         task: ``classification`` or ``segmentation``; ``None``: found by a probe forward.
+        passes_extra_keywords: ``None`` where a constructor refuses keywords it does not
+            know; else, for constructors taking ``**kwargs``, whether these arguments send
+            the extra keywords on to code that checks them. Where it is False they would
+            be dropped silently (smp's native encoders), so they are refused here.
     """
 
     prefix: str
@@ -66,6 +71,12 @@ class ExternalLibrary:
     no_download: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     task: str | None = None
+    passes_extra_keywords: Callable[[dict[str, Any]], bool] | None = None
+
+
+def _reaches_a_timm_encoder(kwargs: dict[str, Any]) -> bool:
+    """smp hands ``**kwargs`` only to its ``tu-`` (timm) encoders, whose constructors check them."""
+    return str(kwargs.get("encoder_name", "")).startswith("tu-")
 
 
 LIBRARIES: dict[str, ExternalLibrary] = {
@@ -105,6 +116,7 @@ LIBRARIES: dict[str, ExternalLibrary] = {
             classes="classes",
             no_download={"encoder_weights": None},
             task="segmentation",
+            passes_extra_keywords=_reaches_a_timm_encoder,
         ),
     )
 }
@@ -240,6 +252,41 @@ def library_arguments(
     return kwargs
 
 
+def _named_parameters(constructor: Callable[..., Any]) -> tuple[list[str], bool] | None:
+    """The constructor's keyword names and whether it takes ``**kwargs``; None if unknown."""
+    try:
+        parameters = list(inspect.signature(constructor).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in parameters if p.kind in keyword]
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def check_keywords(
+    library: ExternalLibrary, constructor: Callable[..., Any], kwargs: dict[str, Any], name: str
+) -> None:
+    """Refuse keywords a ``**kwargs`` constructor would drop silently (see
+    :attr:`ExternalLibrary.passes_extra_keywords`), naming the closest and all valid ones."""
+    if library.passes_extra_keywords is None or library.passes_extra_keywords(kwargs):
+        return
+    known = _named_parameters(constructor)
+    if known is None or not known[1]:
+        return  # no **kwargs: the call itself refuses an unknown keyword
+    valid = known[0]
+    extra = [key for key in kwargs if key not in valid]
+    if not extra:
+        return
+    hints = []
+    for key in extra:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise ValueError(
+        f"{name} has no argument {', '.join(hints)}: {library.prefix} takes unknown "
+        f"keywords without checking them and may ignore them. Valid: {', '.join(valid)}"
+    )
+
+
 def _probe_task(name: str, build: Callable[..., nn.Module]) -> str:
     """``classification`` for ``(N, C)`` outputs, ``segmentation`` for ``(N, C, H, W)``."""
     how = (
@@ -273,6 +320,7 @@ def _builder(
                 "(third-party models are converted by concatnets.memory_efficient)"
             )
         kwargs = library_arguments(library, constructor, settings, name=name)
+        check_keywords(library, constructor, kwargs, name)
         try:
             model = constructor(**kwargs)
         except TypeError as error:
