@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
+import importlib.util
 import inspect
 import weakref
 from collections.abc import Callable
@@ -39,6 +41,8 @@ __all__ = [
     "external_model_spec",
     "is_external_name",
     "library_arguments",
+    "library_model_names",
+    "library_version",
 ]
 
 EXTERNAL_FAMILY = "external"
@@ -179,6 +183,41 @@ def _model_names(library: ExternalLibrary, module: Any) -> list[str]:
         for attr, value in vars(module).items()
         if isinstance(value, type) and issubclass(value, nn.Module) and not attr.startswith("_")
     ]
+
+
+def library_version(library: ExternalLibrary) -> str | None:
+    """The installed version of ``library`` (``"installed"`` if it has none), or ``None``
+    when it is not installed. Nothing is imported: the package is only looked up."""
+    top = library.module.split(".")[0]
+    try:
+        if importlib.util.find_spec(top) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        return importlib.metadata.version(library.pip)
+    except importlib.metadata.PackageNotFoundError:
+        return "installed"
+
+
+def library_model_names(prefix: str, *, aliases: bool = False) -> list[str]:
+    """The names ``prefix:NAME`` accepts, sorted; imports the library.
+
+    Args:
+        prefix: ``torchvision``, ``timm``, ``monai`` or ``smp``.
+        aliases: Also the other names of one class (MONAI's ``BasicUnet`` beside
+            ``BasicUNet``); without them each class appears under its own name.
+
+    Raises:
+        KeyError: Unknown library (with the closest name).
+        LibraryMissingError: The library does not import (names the pip package).
+    """
+    library, _ = _split(f"{prefix}:_")
+    module = _import(library)
+    names = _model_names(library, module)
+    if not aliases and library.prefix not in ("torchvision", "timm"):
+        names = [n for n in names if getattr(getattr(module, n), "__name__", n) == n]
+    return sorted(set(names), key=str.lower)
 
 
 def _constructor(library: ExternalLibrary, module: Any, model: str) -> Callable[..., nn.Module]:
