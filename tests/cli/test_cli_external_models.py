@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -91,3 +92,30 @@ def test_missing_library_is_a_one_line_error_naming_the_package(tmp_path, monkey
 def test_default_run_folder_has_no_colon():
     folder = default_run_dir(TrainConfig(model="smp:Unet", data="builtin:cells"))
     assert folder.name.startswith("smp_Unet-cells-")
+
+
+def test_a_misspelt_smp_model_arg_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("segmentation_models_pytorch")
+    args = ["train", *SMP_TINY, "--model-arg", "encoder_dpth=3", *CELLS, *FAST]
+    assert main([*args, "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: smp:Unet has no argument 'encoder_dpth'"), err
+    assert "did you mean 'encoder_depth'?" in errors[0]
+
+
+def test_init_weights_in_old_torchvision_densenet_keys(tmp_path):
+    pytest.importorskip("torchvision")
+    # torchvision's densenet121 fixes its widths; bn_size=1 keeps the real one small.
+    model = create_model("torchvision:densenet121", num_classes=3, bn_size=1)  # 3 shapes
+    old = {
+        re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", key): value
+        for key, value in model.state_dict().items()
+    }
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    weights = tmp_path / "densenet_old_keys.pth"
+    torch.save(old, weights)
+    args = ["train", "--model", "torchvision:densenet121", "--model-arg", "bn_size=1"]
+    args += ["--data", "builtin:shapes", "--num-images", "8", "--image-size", "32", *FAST]
+    assert main([*args, "--init-weights", str(weights), "--output", str(tmp_path / "run")]) == 0

@@ -10,6 +10,7 @@ import torch
 from concatnets.models import create_model, get_model_spec
 from concatnets.models.external import (
     LIBRARIES,
+    check_keywords,
     conversion_report,
     external_model_spec,
     library_arguments,
@@ -97,6 +98,34 @@ def test_unknown_constructor_argument_is_a_clear_error():
     pytest.importorskip("monai")
     with pytest.raises(ValueError, match="monai:BasicUNet does not take these arguments"):
         create_model("monai:BasicUNet", features=[4, 4, 8, 8, 16, 4], no_such_argument=1)
+
+
+def test_a_misspelt_smp_argument_is_caught_not_dropped():
+    pytest.importorskip("segmentation_models_pytorch")
+    with pytest.raises(
+        ValueError, match=r"'encoder_dpth' \(did you mean 'encoder_depth'\?\)"
+    ) as caught:
+        create_model("smp:Unet", encoder_name="resnet18", encoder_dpth=3)
+    assert "Valid: encoder_name, encoder_depth" in str(caught.value)
+
+
+def test_smp_passes_extra_arguments_to_timm_encoders_which_check_them():
+    pytest.importorskip("segmentation_models_pytorch")
+    tiny = {"encoder_name": "tu-resnet18", "encoder_depth": 3, "decoder_channels": [8, 8, 8]}
+    model = create_model("smp:Unet", drop_path_rate=0.1, **tiny)  # a timm argument
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)  # smp: classes=1
+    with pytest.raises(ValueError, match=r"does not take these arguments.*no_such_argument"):
+        create_model("smp:Unet", no_such_argument=1, **tiny)
+
+
+def test_constructors_without_extra_keywords_are_not_second_guessed():
+    def constructor(*, depth: int = 2, **kwargs):  # stands in for a checking library
+        raise AssertionError
+
+    check_keywords(LIBRARIES["torchvision"], constructor, {"dpth": 3}, "torchvision:x")
+    with pytest.raises(ValueError, match=r"'dpth' \(did you mean 'depth'\?\)"):
+        check_keywords(LIBRARIES["smp"], constructor, {"dpth": 3}, "smp:x")
+    check_keywords(LIBRARIES["smp"], constructor, {"encoder_name": "tu-x", "dpth": 3}, "smp:x")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
+import importlib.util
 import inspect
 import weakref
 from collections.abc import Callable
@@ -34,10 +36,13 @@ __all__ = [
     "LIBRARIES",
     "ExternalLibrary",
     "LibraryMissingError",
+    "check_keywords",
     "conversion_report",
     "external_model_spec",
     "is_external_name",
     "library_arguments",
+    "library_model_names",
+    "library_version",
 ]
 
 EXTERNAL_FAMILY = "external"
@@ -56,6 +61,10 @@ class ExternalLibrary:
         no_download: Settings that keep the constructor from fetching weights.
         defaults: Other settings the CLI fills in (MONAI's ``spatial_dims=2``).
         task: ``classification`` or ``segmentation``; ``None``: found by a probe forward.
+        passes_extra_keywords: ``None`` where a constructor refuses keywords it does not
+            know; else, for constructors taking ``**kwargs``, whether these arguments send
+            the extra keywords on to code that checks them. Where it is False they would
+            be dropped silently (smp's native encoders), so they are refused here.
     """
 
     prefix: str
@@ -66,6 +75,12 @@ class ExternalLibrary:
     no_download: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     task: str | None = None
+    passes_extra_keywords: Callable[[dict[str, Any]], bool] | None = None
+
+
+def _reaches_a_timm_encoder(kwargs: dict[str, Any]) -> bool:
+    """smp hands ``**kwargs`` only to its ``tu-`` (timm) encoders, whose constructors check them."""
+    return str(kwargs.get("encoder_name", "")).startswith("tu-")
 
 
 LIBRARIES: dict[str, ExternalLibrary] = {
@@ -105,6 +120,7 @@ LIBRARIES: dict[str, ExternalLibrary] = {
             classes="classes",
             no_download={"encoder_weights": None},
             task="segmentation",
+            passes_extra_keywords=_reaches_a_timm_encoder,
         ),
     )
 }
@@ -167,6 +183,41 @@ def _model_names(library: ExternalLibrary, module: Any) -> list[str]:
         for attr, value in vars(module).items()
         if isinstance(value, type) and issubclass(value, nn.Module) and not attr.startswith("_")
     ]
+
+
+def library_version(library: ExternalLibrary) -> str | None:
+    """The installed version of ``library`` (``"installed"`` if it has none), or ``None``
+    when it is not installed. Nothing is imported: the package is only looked up."""
+    top = library.module.split(".")[0]
+    try:
+        if importlib.util.find_spec(top) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        return importlib.metadata.version(library.pip)
+    except importlib.metadata.PackageNotFoundError:
+        return "installed"
+
+
+def library_model_names(prefix: str, *, aliases: bool = False) -> list[str]:
+    """The names ``prefix:NAME`` accepts, sorted; imports the library.
+
+    Args:
+        prefix: ``torchvision``, ``timm``, ``monai`` or ``smp``.
+        aliases: Also the other names of one class (MONAI's ``BasicUnet`` beside
+            ``BasicUNet``); without them each class appears under its own name.
+
+    Raises:
+        KeyError: Unknown library (with the closest name).
+        LibraryMissingError: The library does not import (names the pip package).
+    """
+    library, _ = _split(f"{prefix}:_")
+    module = _import(library)
+    names = _model_names(library, module)
+    if not aliases and library.prefix not in ("torchvision", "timm"):
+        names = [n for n in names if getattr(getattr(module, n), "__name__", n) == n]
+    return sorted(set(names), key=str.lower)
 
 
 def _constructor(library: ExternalLibrary, module: Any, model: str) -> Callable[..., nn.Module]:
@@ -240,6 +291,41 @@ def library_arguments(
     return kwargs
 
 
+def _named_parameters(constructor: Callable[..., Any]) -> tuple[list[str], bool] | None:
+    """The constructor's keyword names and whether it takes ``**kwargs``; None if unknown."""
+    try:
+        parameters = list(inspect.signature(constructor).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in parameters if p.kind in keyword]
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def check_keywords(
+    library: ExternalLibrary, constructor: Callable[..., Any], kwargs: dict[str, Any], name: str
+) -> None:
+    """Refuse keywords a ``**kwargs`` constructor would drop silently (see
+    :attr:`ExternalLibrary.passes_extra_keywords`), naming the closest and all valid ones."""
+    if library.passes_extra_keywords is None or library.passes_extra_keywords(kwargs):
+        return
+    known = _named_parameters(constructor)
+    if known is None or not known[1]:
+        return  # no **kwargs: the call itself refuses an unknown keyword
+    valid = known[0]
+    extra = [key for key in kwargs if key not in valid]
+    if not extra:
+        return
+    hints = []
+    for key in extra:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise ValueError(
+        f"{name} has no argument {', '.join(hints)}: {library.prefix} takes unknown "
+        f"keywords without checking them and may ignore them. Valid: {', '.join(valid)}"
+    )
+
+
 def _probe_task(name: str, build: Callable[..., nn.Module]) -> str:
     """``classification`` for ``(N, C)`` outputs, ``segmentation`` for ``(N, C, H, W)``."""
     how = (
@@ -273,6 +359,7 @@ def _builder(
                 "(third-party models are converted by concatnets.memory_efficient)"
             )
         kwargs = library_arguments(library, constructor, settings, name=name)
+        check_keywords(library, constructor, kwargs, name)
         try:
             model = constructor(**kwargs)
         except TypeError as error:

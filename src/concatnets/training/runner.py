@@ -66,6 +66,7 @@ from concatnets.training.distributed import (
     unwrap_model,
     wrap_model,
 )
+from concatnets.training.legacy_keys import rename_legacy_densenet_keys
 from concatnets.training.losses import build_loss
 from concatnets.training.model_args import check_model_args
 from concatnets.training.optim import build_optimizer, build_scheduler
@@ -562,7 +563,10 @@ def _repair_run_folder(run_dir: Path, checkpoint: Checkpoint, trainer: Trainer) 
 
 
 def _load_initial_weights(model: torch.nn.Module, path: str, architecture: str) -> None:
-    weights = load_model_weights(path)
+    # Hub DenseNet files of old torchvision name dense-layer keys norm.1, conv.1, ...
+    weights = rename_legacy_densenet_keys(
+        load_model_weights(path), unwrap_model(model).state_dict()
+    )
     check_compatible(Checkpoint(weights, None, None, {}, {}, Path(path)), model, architecture)
     unwrap_model(model).load_state_dict(weights)
 
