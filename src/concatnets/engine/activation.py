@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from concatnets.engine.stats import relu_, relu_backward_
+
 __all__ = [
     "ELU_KIND",
     "LEAKY_RELU_KIND",
@@ -87,7 +89,7 @@ def apply_activation_(y: Tensor, activation: bool | Activation | None) -> Tensor
     if act is None:
         return y
     if act.kind == RELU_KIND:
-        return y.relu_()
+        return relu_(y)
     if act.kind == LEAKY_RELU_KIND:
         return F.leaky_relu_(y, act.param)
     return F.elu_(y, act.param)
@@ -105,7 +107,7 @@ def activation_backward_(grad_y: Tensor, y: Tensor, activation: bool | Activatio
     if act is None:
         return grad_y
     if act.kind == RELU_KIND:
-        return torch.ops.aten.threshold_backward.grad_input(grad_y, y, 0, grad_input=grad_y)
+        return relu_backward_(grad_y, y)
     if act.kind == LEAKY_RELU_KIND:
         grad = torch.ops.aten.leaky_relu_backward(grad_y, y, act.param, True)
     else:
