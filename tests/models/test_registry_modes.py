@@ -15,11 +15,6 @@ import torch
 from torch import nn
 
 from concatnets.models import create_model, get_model_spec, list_models
-from concatnets.models._memory_mode import EngineModeUnavailableError
-
-# Families whose engine mode has not landed yet: the engine tests are expected to fail
-# (strictly, so they flip to an error the day the mode lands and this entry must go).
-NO_ENGINE_YET: dict[str, str] = {}
 
 # Tiny settings per family; every registered variant keeps its own wiring otherwise.
 TINY: dict[str, dict[str, Any]] = {
@@ -58,12 +53,12 @@ def tiny_input(model: nn.Module) -> torch.Tensor:
     return torch.randn(2, model.in_channels, *(side,) * dims, dtype=torch.float64)
 
 
-def engine_param(name: str) -> Any:
-    reason = NO_ENGINE_YET.get(get_model_spec(name).family)
-    marks = []
-    if reason:
-        marks = [pytest.mark.xfail(reason=reason, raises=EngineModeUnavailableError, strict=True)]
-    return pytest.param(name, marks=marks, id=name)
+def eval_reference(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The naive model in eval mode, a tiny input and its output."""
+    model = tiny(name).eval()
+    x = tiny_input(model)
+    with torch.no_grad():
+        return model, x, model(x)
 
 
 MODELS = list_models()
@@ -73,7 +68,7 @@ def test_every_family_is_covered() -> None:
     assert {get_model_spec(name).family for name in MODELS} <= set(TINY)
 
 
-@pytest.mark.parametrize("name", [engine_param(name) for name in MODELS])
+@pytest.mark.parametrize("name", MODELS)
 def test_engine_equals_naive_in_float64(name: str, assert_same_step) -> None:
     naive = tiny(name)
     engine = copy.deepcopy(naive)
@@ -87,10 +82,7 @@ def _modes(name: str) -> tuple[object, ...]:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_state_dicts_load_strictly_across_modes(name: str) -> None:
-    naive = tiny(name).eval()
-    x = tiny_input(naive)
-    with torch.no_grad():
-        expected = naive(x)
+    naive, x, expected = eval_reference(name)
     for mode in _modes(name):
         other = tiny(name, memory_efficient=mode)
         other.load_state_dict(naive.state_dict(), strict=True)
@@ -101,10 +93,8 @@ def test_state_dicts_load_strictly_across_modes(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_set_memory_efficient_round_trip(name: str) -> None:
-    model = tiny(name).eval()
-    x = tiny_input(model)
+    model, x, expected = eval_reference(name)
     with torch.no_grad():
-        expected = model(x)
         for mode in (*_modes(name), False):
             assert model.set_memory_efficient(mode) is model
             assert model.memory_efficient is mode or model.memory_efficient == mode
@@ -116,7 +106,6 @@ def test_set_memory_efficient_round_trip(name: str) -> None:
     assert model.memory_efficient is False
 
 
-@pytest.mark.parametrize("name", [engine_param(name) for name in MODELS])
+@pytest.mark.parametrize("name", MODELS)
 def test_every_model_offers_the_engine(name: str) -> None:
-    if True not in _modes(name):
-        raise EngineModeUnavailableError(f"{name} does not list True in memory_modes")
+    assert True in _modes(name), f"{name} does not list True in memory_modes"
