@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import concatnets
 from concatnets.engine import NormActPart, block_buffer, dense_block, norm_act_conv, norm_stats
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.precision import autocast_dtype, in_engine_precision, stats_dtype
@@ -177,3 +178,34 @@ def test_norm_act_conv_matches_autocast_modules(device: str, dtype: torch.dtype,
     names = ("out", "input", "conv w", "norm w")
     for name, e, n in zip(names, engine_errors, naive_errors, strict=True):
         assert e <= 2 * n + step, (name, e, n)
+
+
+@pytest.mark.parametrize("family", ["densenet_bc", "unet_small"])
+def test_a_bf16_input_to_a_float32_engine_model_is_refused_like_the_naive_one(family: str) -> None:
+    # Without autocast the naive modules refuse a bf16 input for float32 weights; the
+    # engine must not silently compute in bf16 instead.
+    kwargs = {"depth": 10, "growth_rate": 4} if family == "densenet_bc" else {"in_channels": 1}
+    x = torch.randn(2, 3 if family == "densenet_bc" else 1, 16, 16).to(torch.bfloat16)
+    naive = concatnets.create_model(family, num_classes=2, memory_efficient=False, **kwargs)
+    engine = concatnets.create_model(family, num_classes=2, memory_efficient=True, **kwargs)
+    with pytest.raises(RuntimeError):
+        naive(x)
+    with pytest.raises(RuntimeError):
+        engine(x)
+    with torch.autocast("cpu", torch.bfloat16):  # the same input under autocast runs
+        assert engine(x).dtype == torch.bfloat16
+
+
+def test_engine_functions_name_the_dtype_mismatch_and_the_fix() -> None:
+    x = torch.randn(2, 8, 6, 6, dtype=torch.bfloat16)
+    block = _DenseBlock(2, 8, 2, 4, 0.0, 2, True, "keep")  # 2 layers, 8 inputs, k = 4
+    expected = r"the input is torch.bfloat16 but the weights are torch.float32; cast the input"
+    with pytest.raises(RuntimeError, match="dense block: " + expected):
+        dense_block(x, list(block.children()))
+    conv, norm = nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(8)
+    part = NormActPart(x, norm, norm_stats(norm, x))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="Conv2d on the engine: " + expected):
+        norm_act_conv([part], conv)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert dense_block(x, list(block.children())).dtype == torch.bfloat16
+        assert norm_act_conv([part], conv).dtype == torch.bfloat16

@@ -44,7 +44,12 @@ from concatnets.engine.dense_layer import (
     LayerWeights,
     dense_layer_spec,
 )
-from concatnets.engine.precision import in_engine_precision, is_reduced, stats_dtype
+from concatnets.engine.precision import (
+    check_input_dtype,
+    in_engine_precision,
+    is_reduced,
+    stats_dtype,
+)
 from concatnets.engine.stats import (
     NormStats,
     batch_moments,
@@ -484,6 +489,8 @@ def run_dense_block(
         )
     specs = [dense_layer_spec(layer) for layer in layers]
     _check_layers(specs, sum(int(part.shape[1]) for part in parts))
+    for part in parts if specs else ():
+        check_input_dtype(part, specs[0].conv1.weight, "dense block")
     return in_engine_precision(
         parts[0].device,
         lambda cast: _dense_block([cast(p) for p in parts], moments, specs, policy),

@@ -28,7 +28,7 @@ from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
 from concatnets.engine.layout import layout_of, to_layout
 from concatnets.engine.layout_choice import preferred_layout
-from concatnets.engine.precision import in_engine_precision
+from concatnets.engine.precision import check_input_dtype, in_engine_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
 
 __all__ = ["NormActPart", "norm_act_conv", "normalize_parts", "part_value", "source_conv_output"]
@@ -471,6 +471,8 @@ def norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
             f"{type(conv).__name__} expects {conv.in_channels} input channels but the parts "
             f"give {total}; build it with in_channels={total}"
         )
+    for part in parts:
+        check_input_dtype(part.tensor, conv.weight, f"{type(conv).__name__} on the engine")
     return in_engine_precision(
         parts[0].tensor.device,
         lambda cast: _norm_act_conv([replace(p, tensor=cast(p.tensor)) for p in parts], conv),
