@@ -29,19 +29,25 @@ __all__ = [
 #: Seconds the probe may spend (per decision) after its first round of both layouts.
 PROBE_BUDGET_S = 0.25
 
-#: (channels, spatial size) probed per spatial rank, at a U-Net's widths. Below 64x64
-#: pixels the layouts' times say little about a full-size map (measured on a Xeon limited
-#: to AVX2, 128 channels: channels-last 0.67x at 48 px, 1.26x at 64 px, 1.34x at 128 px),
-#: so the map is no smaller; one forward + backward takes 30-100 ms on one thread.
-PROBE_SHAPES: Mapping[int, tuple[int, int]] = {2: (128, 64), 3: (64, 12)}
+#: (channels, spatial size) probed per spatial rank, at a U-Net's widths. Small maps say
+#: little about full-size ones (a Xeon limited to AVX2, 128 channels: channels-last 0.67x
+#: at 48 px, 1.26x at 64 px, 1.34x at 128 px), and the layouts differ most on the large
+#: maps of a U-Net's first levels: on an AMD EPYC (Zen 3), float32, at the same work,
+#: 128 channels at 64 px read 0.91-1.29x over three runs on a loaded machine, 64 channels
+#: at 128 px 2.13x (the U-Net's own 64 @ 256 px and 128 @ 128 px maps: 1.55x, 2.22x). One
+#: forward + backward at this shape takes 0.1-0.5 s on one thread.
+PROBE_SHAPES: Mapping[int, tuple[int, int]] = {2: (64, 128), 3: (64, 12)}
 
 #: A small shape timed first. The full shape is skipped when one layout is grossly slower
 #: there, or when its time there, scaled by the work, says one full-size step would take
 #: over MAX_FULL_STEP_S (bfloat16 in the default layout on a CPU without bfloat16
-#: instructions took 11 s per full-size step, 8x channels-last's).
+#: instructions took 11 s per full-size step, 8x channels-last's). The screen alone says
+#: little: on an AMD EPYC (Zen 3) at float32 it read channels-last 0.79x, where the full
+#: shape read 1.25-1.29x and a U-Net's real maps 1.1-2.2x; one full-size float32 step
+#: there takes 0.2-0.3 s, so the limit must let it run (0.25 s once skipped it there).
 SCREEN_SHAPES: Mapping[int, tuple[int, int]] = {2: (32, 16), 3: (16, 8)}
 GROSS_RATIO = 3.0
-MAX_FULL_STEP_S = 0.25
+MAX_FULL_STEP_S = 1.0
 #: Seconds of screen rounds: a screen step takes well under a millisecond at float32,
 #: where two rounds on a loaded machine once read channels-last 3.7x slower (20 rounds:
 #: 0.75x), so the screen takes many rounds before it may skip the full shape.
