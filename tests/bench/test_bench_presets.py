@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from concatnets.bench import PRESETS, PlanSettings, Row, build_plan
-from concatnets.bench.presets import family_modes, sweep_rows
+from concatnets.bench.presets import family_modes, fc_densenet_sweep_rows, sweep_rows
 
 
 def _rows(preset: str) -> dict[str, Row]:
@@ -20,6 +21,38 @@ def test_targets_preset_matches_the_project_targets() -> None:
     nested = rows["unet_plusplus (deep supervision)"]
     assert (nested.model, nested.batch, nested.image_size) == ("unet_plusplus", 4, 256)
     assert nested.model_kwargs == {"deep_supervision": True}
+    tiramisu = rows["fc_densenet103 (11 classes)"]
+    assert (tiramisu.model, tiramisu.batch, tiramisu.image_size) == ("fc_densenet103", 2, 224)
+    assert tiramisu.model_kwargs == {"num_classes": 11}
+
+
+def test_segmentation_preset_is_the_two_dense_segmentation_target_rows() -> None:
+    assert PRESETS["segmentation"] == [
+        row for row in PRESETS["targets"] if row.model in ("fc_densenet103", "unet_plusplus")
+    ]
+    plan = build_plan(family_modes(PRESETS["segmentation"])[0], PlanSettings())
+    assert [(c.model, c.mode) for c in plan] == [
+        (model, mode)
+        for model in ("fc_densenet103", "unet_plusplus")
+        for mode in ("naive", "checkpoint", "efficient")
+    ]
+
+
+def test_fc_densenet_sweep_varies_depth_at_one_growth_rate() -> None:
+    from concatnets.models import create_model
+
+    rows = PRESETS["fc_densenet_sweep"]
+    assert [(r.model, r.depth, r.group) for r in rows] == [
+        ("fc_densenet56", 56, "sweep"),
+        ("fc_densenet67", 67, "sweep"),
+        ("fc_densenet103", 103, "sweep"),
+    ]
+    for row in rows:
+        model = create_model(row.model, **row.model_kwargs)
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+        assert len(convs) == row.depth and model.growth_rate == 16
+    with pytest.raises(ValueError, match="one of \\[56, 67, 103\\]"):
+        fc_densenet_sweep_rows([40])
 
 
 def test_sweep_preset_sweeps_depth_and_runs_1000_layers_efficient_only() -> None:

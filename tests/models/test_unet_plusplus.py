@@ -16,17 +16,24 @@ def _count(model: torch.nn.Module) -> int:
 
 
 def test_paper_configuration_has_the_published_size() -> None:
-    # Zhou et al. 2018 report 9.04M parameters for UNet++ and 7.76M for the U-Net it
-    # extends (filters 32..512). Their code has biased convolutions and no batch norm:
-    # exactly those counts here. With batch norm (our default) 3.6k more, still 9.05M.
-    paper_code = create_model("unet_plusplus", normalization="none")
-    assert round(_count(paper_code) / 1e6, 2) == 9.04
-    assert abs(_count(create_model("unet_plusplus")) - 9.04e6) < 0.01e6
-    unet = create_model("unet", in_channels=1, features=32, normalization="none")
-    assert round(_count(unet) / 1e6, 2) == 7.76
+    # Zhou et al. 2018 (Table 2) report 9.04M parameters for UNet++ and 7.76M for the
+    # U-Net it extends (filters 32..512). Their Keras code (biased convolutions, no batch
+    # norm, one sigmoid output map) prints 9,041,601 and 7,759,521: exactly those here.
+    paper_code = create_model("unet_plusplus", normalization="none", num_classes=1)
+    assert _count(paper_code) == 9_041_601
+    unet = create_model("unet", in_channels=1, features=32, normalization="none", num_classes=1)
+    assert _count(unet) == 7_759_521
+    # Batch norm (our default) replaces each convolution's bias by its shift and adds a
+    # scale: one more parameter per convolution output channel; a second class adds 33.
+    ours = create_model("unet_plusplus")
+    conv_channels = sum(
+        m.out_channels for m in ours.modules() if isinstance(m, torch.nn.Conv2d) and m.bias is None
+    )
+    assert conv_channels == 3648
+    assert _count(ours) == 9_041_601 + conv_channels + 33 == 9_045_282
     # Deep supervision adds only three 1x1 heads (32 -> 2 maps each).
     with_heads = _count(create_model("unet_plusplus", deep_supervision=True))
-    assert with_heads - _count(create_model("unet_plusplus")) == 3 * (32 * 2 + 2)
+    assert with_heads - _count(ours) == 3 * (32 * 2 + 2)
 
 
 def test_registered_as_segmentation_models() -> None:

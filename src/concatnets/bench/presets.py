@@ -4,11 +4,19 @@ The presets reproduce the project's targets, each compared with the naive refere
 measured in the same run:
 
 - ``targets``: ``densenet_bc_100`` batch 64 at 32x32, ``densenet121`` batch 8 at
-  224x224 (plus torchvision's rows when it imports), ``unet`` batch 4 at 256x256 and
-  ``unet_plusplus`` (the paper's configuration, deep supervision) batch 4 at 256x256.
+  224x224 (plus torchvision's rows when it imports), ``unet`` batch 4 at 256x256,
+  ``fc_densenet103`` (11 classes, as on CamVid) batch 2 at 224x224 and ``unet_plusplus``
+  (the paper's configuration, deep supervision) batch 4 at 256x256.
+- ``segmentation``: only the FC-DenseNet103 and UNet++ rows of ``targets``.
 - ``sweep``: DenseNet-BC (k=12, batch 64, 32x32) at depths 40, 100, 160, 250, then one
   training step of a 1000-layer DenseNet-BC in efficient mode only (``deep``).
-- ``all``: both of the above. ``quick``: a small version of both, for a first look.
+- ``fc_densenet_sweep``: FC-DenseNet at k=16 (Jégou et al. 2017's block layouts of
+  FC-DenseNet56, 67 and 103), batch 2 at 128x128, for the memory-against-depth plot.
+- ``all``: ``targets`` and ``sweep``. ``quick``: a small version of both, for a first look.
+
+The targets these rows are read against (live-tensor peak and step time, engine vs naive)
+are in the README's "Benchmarks" section; for the rows added with FC-DenseNet and UNet++:
+FC-DenseNet103 <= 0.30x memory and <= 1.05x time, UNet++ <= 0.45x and <= 1.05x.
 """
 
 from __future__ import annotations
@@ -22,16 +30,20 @@ from concatnets.bench.config import MODE_VALUES, TORCHVISION_MODES, BenchConfig
 __all__ = [
     "DEFAULT_SWEEP_DEPTHS",
     "FAMILY_MODES",
+    "FC_DENSENET_DEPTHS",
     "PRESETS",
     "PlanSettings",
     "Row",
     "build_plan",
     "family_modes",
+    "fc_densenet_sweep_rows",
     "model_rows",
     "sweep_rows",
 ]
 
 DEFAULT_SWEEP_DEPTHS = (40, 100, 160, 250)
+# FC-DenseNet depth -> its registered model (the block layout: 4, 5 or 4-5-7-10-12-15 layers).
+FC_DENSENET_DEPTHS = {56: "fc_densenet56", 67: "fc_densenet67", 103: "fc_densenet103"}
 
 # Modes each model family implements. "checkpoint" is torchvision's DenseNet technique
 # (torch.utils.checkpoint around cat + BN + ReLU + 1x1 conv); U-Nets do not have it,
@@ -141,6 +153,36 @@ def sweep_rows(
     return rows
 
 
+def fc_densenet_sweep_rows(
+    depths: Iterable[int] = tuple(FC_DENSENET_DEPTHS),
+    *,
+    growth_rate: int = 16,
+    batch: int = 2,
+    image_size: int = 128,
+) -> list[Row]:
+    """FC-DenseNet rows (11 classes), one per depth of :data:`FC_DENSENET_DEPTHS`, all
+    at one growth rate so that depth alone changes (the paper's 56 has k = 12)."""
+    rows = []
+    for depth in depths:
+        if depth not in FC_DENSENET_DEPTHS:
+            raise ValueError(
+                f"FC-DenseNet depth must be one of {sorted(FC_DENSENET_DEPTHS)}, got {depth}"
+            )
+        rows.append(
+            Row(
+                model=FC_DENSENET_DEPTHS[depth],
+                batch=batch,
+                image_size=image_size,
+                group="sweep",
+                label=f"fc_densenet-{depth}-k{growth_rate}",
+                model_kwargs={"growth_rate": growth_rate, "num_classes": 11},
+                depth=depth,
+                steps=2,
+            )
+        )
+    return rows
+
+
 def model_rows(models: Iterable[str], *, batch: int, image_size: int) -> list[Row]:
     """One ``custom`` row per registered model name."""
     return [Row(model=name, batch=batch, image_size=image_size) for name in models]
@@ -160,6 +202,21 @@ def _targets() -> list[Row]:
             group="targets",
             label="unet (channels-last)",
             channels_last=True,
+        ),
+        *_segmentation(),
+    ]
+
+
+def _segmentation() -> list[Row]:
+    return [
+        # FC-DenseNet103 as the paper trains it on CamVid: 11 classes (also the default).
+        Row(
+            "fc_densenet103",
+            batch=2,
+            image_size=224,
+            group="targets",
+            label="fc_densenet103 (11 classes)",
+            model_kwargs={"num_classes": 11},
         ),
         Row(
             "unet_plusplus",
@@ -187,7 +244,9 @@ def _quick() -> list[Row]:
 PRESETS: dict[str, list[Row]] = {
     "quick": _quick(),
     "targets": _targets(),
+    "segmentation": _segmentation(),
     "sweep": _sweep(),
+    "fc_densenet_sweep": fc_densenet_sweep_rows(),
     "all": _targets() + _sweep(),
 }
 

@@ -16,6 +16,8 @@ engine: every dense block runs on one shared buffer (:func:`concatnets.engine.ru
 each up-path block starting from the parts ``[skip, upsampled]`` written once into its
 buffer, and each block's per-channel moments handed to the normalisations that read its
 output next (the transition down, and the up-path block that reads it as its skip).
+The transition down's dropout and pooling keep only each window's argmax offset and
+dropout bit (:mod:`concatnets.models._dropout_pool`), not the full-resolution map.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from concatnets.engine import (
     DenseBlockOutput,
     DenseLayerSpec,
     NormActPart,
-    dropout,
     norm_act_conv,
     norm_stats,
     run_dense_block,
 )
+from concatnets.models._dropout_pool import dropout_max_pool
 from concatnets.models._memory_mode import MemoryMode, MemoryModeModel, run_maybe_checkpointed
 from concatnets.models._registry import register_model
 
@@ -137,10 +139,12 @@ class TransitionDown(nn.Module):
 
     def forward_engine(self, x: Tensor, moments: ChannelMoments | None) -> Tensor:
         """The forward with BN and ReLU recomputed in backward from the statistics of ``x``
-        (``moments`` are its batch moments when the dense block before measured them)."""
+        (``moments`` are its batch moments when the dense block before measured them);
+        the dropout and pooling keep only each window's argmax offset and dropout bit."""
         part = NormActPart(x, self.norm, norm_stats(self.norm, x, moments=moments))
         z = norm_act_conv([part], self.conv)  # (N, C, *spatial)
-        return self.pool(dropout(z, float(self.drop.p), self.drop.training))
+        kernel = int(self.pool.kernel_size)  # type: ignore[arg-type]
+        return dropout_max_pool(z, float(self.drop.p), self.drop.training, kernel)
 
 
 class TransitionUp(nn.Module):
