@@ -42,17 +42,17 @@ def test_fc_densenet_sweep_varies_depth_at_one_growth_rate() -> None:
     from concatnets.models import create_model
 
     rows = PRESETS["fc_densenet_sweep"]
-    assert [(r.model, r.depth, r.group) for r in rows] == [
-        ("fc_densenet56", 56, "sweep"),
-        ("fc_densenet67", 67, "sweep"),
-        ("fc_densenet103", 103, "sweep"),
+    assert [(r.depth, r.group, r.batch, r.image_size) for r in rows] == [
+        (depth, "sweep", 2, 96) for depth in (56, 67, 100, 144)
     ]
     for row in rows:
         model = create_model(row.model, **row.model_kwargs)
         convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
         assert len(convs) == row.depth and model.growth_rate == 16
-    with pytest.raises(ValueError, match="one of \\[56, 67, 103\\]"):
-        fc_densenet_sweep_rows([40])
+    # 67 layers at k = 16 is the paper's FC-DenseNet67 itself.
+    assert rows[1].model_kwargs["down_layers"] == [5] * 5 and rows[1].model == "fc_densenet67"
+    with pytest.raises(ValueError, match="11 L \\+ 12"):
+        fc_densenet_sweep_rows([103])
 
 
 def test_sweep_preset_sweeps_depth_and_runs_1000_layers_efficient_only() -> None:

@@ -10,8 +10,8 @@ measured in the same run:
 - ``segmentation``: only the FC-DenseNet103 and UNet++ rows of ``targets``.
 - ``sweep``: DenseNet-BC (k=12, batch 64, 32x32) at depths 40, 100, 160, 250, then one
   training step of a 1000-layer DenseNet-BC in efficient mode only (``deep``).
-- ``fc_densenet_sweep``: FC-DenseNet at k=16 (Jégou et al. 2017's block layouts of
-  FC-DenseNet56, 67 and 103), batch 2 at 128x128, for the memory-against-depth plot.
+- ``fc_densenet_sweep``: FC-DenseNet (k=16, batch 2, 96x96, 11 classes) with 4, 5, 8
+  and 12 layers in every dense block: depths 56, 67, 100, 144.
 - ``all``: ``targets`` and ``sweep``. ``quick``: a small version of both, for a first look.
 
 The targets these rows are read against (live-tensor peak and step time, engine vs naive)
@@ -30,7 +30,7 @@ from concatnets.bench.config import MODE_VALUES, TORCHVISION_MODES, BenchConfig
 __all__ = [
     "DEFAULT_SWEEP_DEPTHS",
     "FAMILY_MODES",
-    "FC_DENSENET_DEPTHS",
+    "FC_DENSENET_SWEEP_DEPTHS",
     "PRESETS",
     "PlanSettings",
     "Row",
@@ -42,8 +42,9 @@ __all__ = [
 ]
 
 DEFAULT_SWEEP_DEPTHS = (40, 100, 160, 250)
-# FC-DenseNet depth -> its registered model (the block layout: 4, 5 or 4-5-7-10-12-15 layers).
-FC_DENSENET_DEPTHS = {56: "fc_densenet56", 67: "fc_densenet67", 103: "fc_densenet103"}
+# FC-DenseNet depths of the sweep: L layers in each of the 11 dense blocks, depth 11 L + 12
+# (first conv, 5 transitions down and up, head): 56 and 67 are the paper's block layouts.
+FC_DENSENET_SWEEP_DEPTHS = (56, 67, 100, 144)
 
 # Modes each model family implements. "checkpoint" is torchvision's DenseNet technique
 # (torch.utils.checkpoint around cat + BN + ReLU + 1x1 conv); U-Nets do not have it,
@@ -154,28 +155,36 @@ def sweep_rows(
 
 
 def fc_densenet_sweep_rows(
-    depths: Iterable[int] = tuple(FC_DENSENET_DEPTHS),
+    depths: Iterable[int] = FC_DENSENET_SWEEP_DEPTHS,
     *,
     growth_rate: int = 16,
     batch: int = 2,
-    image_size: int = 128,
+    image_size: int = 96,
 ) -> list[Row]:
-    """FC-DenseNet rows (11 classes), one per depth of :data:`FC_DENSENET_DEPTHS`, all
-    at one growth rate so that depth alone changes (the paper's 56 has k = 12)."""
+    """FC-DenseNet rows (11 classes), one per depth ``11 L + 12``: ``L`` layers in every
+    dense block, one growth rate, so that depth alone changes (Jégou et al. 2017: 56 is
+    ``L = 4`` at k = 12, 67 is ``L = 5`` at k = 16)."""
     rows = []
     for depth in depths:
-        if depth not in FC_DENSENET_DEPTHS:
+        layers, rest = divmod(depth - 12, 11)
+        if rest or layers < 1:
             raise ValueError(
-                f"FC-DenseNet depth must be one of {sorted(FC_DENSENET_DEPTHS)}, got {depth}"
+                f"FC-DenseNet sweep depth must be 11 L + 12 with L >= 1 (23, 34, ..., 56, "
+                f"67, ...), got {depth}"
             )
         rows.append(
             Row(
-                model=FC_DENSENET_DEPTHS[depth],
+                model="fc_densenet67",
                 batch=batch,
                 image_size=image_size,
                 group="sweep",
                 label=f"fc_densenet-{depth}-k{growth_rate}",
-                model_kwargs={"growth_rate": growth_rate, "num_classes": 11},
+                model_kwargs={
+                    "down_layers": [layers] * 5,
+                    "bottleneck_layers": layers,
+                    "growth_rate": growth_rate,
+                    "num_classes": 11,
+                },
                 depth=depth,
                 steps=2,
             )

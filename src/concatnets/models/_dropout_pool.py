@@ -66,7 +66,7 @@ class _DropoutMaxPool(torch.autograd.Function):
             scale = 1.0 / keep
             # The draw of F.dropout on the CPU: bernoulli_(1 - p) on a tensor like x.
             mask = torch.empty_like(x).bernoulli_(keep).bool()
-            y = x * mask * scale
+            y = x.mul(mask).mul_(scale)  # the values of F.dropout: x * (mask / keep)
         pooled, indices = _MAX_POOL[x.dim() - 2](y, kernel, return_indices=True)
         del y
         size = tuple(int(s) for s in x.shape[2:])
@@ -83,7 +83,7 @@ class _DropoutMaxPool(torch.autograd.Function):
         offsets, kept = ctx.saved_tensors
         indices = _flat_indices(offsets, ctx.size, ctx.kernel)
         if kept is not None:
-            grad = grad * kept * ctx.scale
+            grad = grad.mul(kept).mul_(ctx.scale)
         n, c = grad.shape[:2]
         grad_x = grad.new_zeros((n, c, math.prod(ctx.size)))
         grad_x.scatter_(2, indices.flatten(2), grad.flatten(2))
