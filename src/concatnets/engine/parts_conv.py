@@ -504,6 +504,10 @@ class _PartValueFunction(torch.autograd.Function):
         r = _recompute(part, t)
         if r.upsampled is not None:
             grad_value = grad_value.contiguous(memory_format=layout_of(r.upsampled))
+        if part.then_conv is None and part.pool is None and part.upsample in (None, 1):
+            # The activation backward works in place on the gradient it is given, and
+            # autograd may hand the same tensor to other consumers (``a + part_value(p)``).
+            grad_value = grad_value.clone()
         grads = _value_backward(part, t, r, grad_value, ctx.needs_input_grad[1])
         return (None, *grads)
 
