@@ -427,8 +427,8 @@ class _Replay:
             producer = self.name(source.target)
         else:
             producer = getattr(source.target, "__name__", source.kind)
-        where = self.name(node.target) if node.kind == "leaf" else "relu"
-        label = f"{producer} -> {act} ({where})"
+        where = f" ({self.name(node.target)})" if node.kind == "leaf" else ""
+        label = f"{producer} output -> {act}{where}"
         return Lazy((NormActPart(x, activation=act),), (_Box(),), (label,))
 
     def call(self, index: int, node: Node) -> Any:

@@ -13,6 +13,7 @@ keys programs by :func:`signature`. A forward whose Python reads tensor *values*
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,8 +132,9 @@ class _Recorder(TorchFunctionMode):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.nodes: list[Node] = []
-        self.produced: dict[int, tuple[Ref, int]] = {}  # id(tensor) -> (ref, version)
-        self.keep: list[Tensor] = []  # recorded tensors stay alive: their ids stay unique
+        # id(tensor) -> (weak reference, ref, version); the weak reference tells a live
+        # tensor from a new one that took a dead one's id, without keeping any alive.
+        self.produced: dict[int, tuple[weakref.ref[Tensor], Ref, int]] = {}
         self.named = {id(t): n for n, t in module.named_parameters()}
         self.named.update({id(t): n for n, t in module.named_buffers()})
         self.depth = 0
@@ -143,14 +145,12 @@ class _Recorder(TorchFunctionMode):
         ``(node, whether the tensor changed in place since it was produced)``."""
         if isinstance(value, Tensor):
             known = self.produced.get(id(value))
-            if known is None:
+            if known is None or known[0]() is not value:
                 name = self.named.get(id(value))
                 node = Node("const", value) if name is None else Node("param", name)
-                known = (Ref(len(self.nodes)), value._version)
                 self.nodes.append(node)
-                self.produced[id(value)] = known
-                self.keep.append(value)
-            ref, version = known
+                known = self.remember(value, Ref(len(self.nodes) - 1))
+            _, ref, version = known
             reads.append((ref.node, value._version != version))
             return ref
         if isinstance(value, list | tuple):
@@ -159,6 +159,11 @@ class _Recorder(TorchFunctionMode):
         if isinstance(value, dict):
             return {k: self.template(v, reads) for k, v in value.items()}
         return value
+
+    def remember(self, tensor: Tensor, ref: Ref) -> tuple[weakref.ref[Tensor], Ref, int]:
+        entry = (weakref.ref(tensor), ref, tensor._version)
+        self.produced[id(tensor)] = entry
+        return entry
 
     def commit(self, node: Node, reads: list[tuple[int, bool]], output: Any) -> None:
         index = len(self.nodes)
@@ -169,8 +174,7 @@ class _Recorder(TorchFunctionMode):
 
         def walk(value: Any, path: tuple[int, ...]) -> None:
             if isinstance(value, Tensor):
-                self.produced[id(value)] = (Ref(index, path), value._version)
-                self.keep.append(value)
+                self.remember(value, Ref(index, path))
             elif isinstance(value, list | tuple):
                 for i, v in enumerate(value):
                     walk(v, (*path, i))
@@ -248,8 +252,7 @@ def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         if isinstance(value, Tensor):
             ref = Ref(len(recorder.nodes))
             recorder.nodes.append(Node("input", count))
-            recorder.produced[id(value)] = (ref, value._version)
-            recorder.keep.append(value)
+            recorder.remember(value, ref)
             count += 1
             return ref
         if isinstance(value, list | tuple):
