@@ -81,6 +81,8 @@ def test_smp_unet(depth, convert_copy, assert_same_network) -> None:
         "cat(2) -> decoder.blocks.1.conv1.0 (decoder.blocks.0.conv2.1 -> relu -> nearest x2; "
     ) in details, str(report)
     assert "encoder.layer1.0.bn1 -> relu -> encoder.layer1.0.conv2" in details
+    # The stem's 3x3 stride-2 pooling (padding 1) is recomputed in backward too.
+    assert "encoder.bn1 -> relu -> encoder.maxpool -> encoder.layer1.0.conv1" in details
     assert "encoder.layer1.0.bn2 read by add_: materialised" in str(report)
     assert_same_network(model, converted, x)
 

@@ -169,17 +169,24 @@ def _uniform(value: Any) -> Any:
     return next(iter(values)) if len(values) == 1 else None
 
 
-def _pool_kernel(module: nn.Module) -> int | None:
+def _pool_geometry(module: nn.Module) -> tuple[int, tuple[int, int] | None] | None:
+    """``(kernel, (stride, padding) or None for (kernel, 0))`` of a max pooling the engine
+    recomputes (square, no dilation, floor mode, no indices), else None."""
     if not (isinstance(module, _MAX_POOLS) and _plain(module)):
         return None
-    kernel = _uniform(module.kernel_size)
+    kernel, stride, padding = (
+        _uniform(module.kernel_size),
+        _uniform(module.stride),
+        _uniform(module.padding),
+    )
     ok = (
-        _uniform(module.stride) == kernel
-        and _uniform(module.padding) == 0
+        all(isinstance(v, int) for v in (kernel, stride, padding))
         and _uniform(module.dilation) == 1
         and not (module.ceil_mode or module.return_indices)
     )
-    return kernel if ok and isinstance(kernel, int) else None
+    if not ok:
+        return None
+    return kernel, (None if (stride, padding) == (kernel, 0) else (stride, padding))
 
 
 _INTERPOLATE = inspect.signature(F.interpolate)
@@ -211,7 +218,8 @@ def _nearest_factor(spatial: tuple[int, ...], args: Any, kwargs: Any) -> int | N
 def _spatial(part: NormActPart) -> tuple[int, ...]:
     size = tuple(int(s) for s in part.tensor.shape[2:])
     if part.pool is not None:
-        size = tuple(s // part.pool for s in size)
+        stride, padding = part.pool_shape or (part.pool, 0)
+        size = tuple((s + 2 * padding - part.pool) // stride + 1 for s in size)
     return size
 
 
@@ -331,12 +339,14 @@ class _Replay:
         act = activation_of_module(module) if _plain(module) else None
         if act is not None:
             return self.activate(x, act, type(module).__name__)
-        kernel = _pool_kernel(module)
+        pooling = _pool_geometry(module)
         part = x.single()
-        if kernel is not None and part is not None and part.pool is None and _bare(part):
+        if pooling is not None and part is not None and part.pool is None and _bare(part):
             x.boxes[0].take()  # the pooling must see the activation backward rebuilds
             label = f"{x.labels[0]} -> {self.name(module)}"
-            return Lazy((replace(part, pool=kernel, value=None),), (_Box(),), (label,))
+            kernel, shape = pooling
+            pooled = replace(part, pool=kernel, pool_shape=shape, value=None)
+            return Lazy((pooled,), (_Box(),), (label,))
         if _engine_conv(module):
             return self.conv(module, x)  # type: ignore[arg-type]
         if isinstance(module, nn.Upsample) and _plain(module) and part is not None:
