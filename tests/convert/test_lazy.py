@@ -38,10 +38,9 @@ def test_residual_sum_of_a_lazy_map(convert_copy, assert_same_network) -> None:
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     converted, report = convert_copy(model, x)
     text = str(report)
-    assert (
-        "norm0 -> relu -> conv1" in text
-        and "add_ output -> leaky_relu(0.1) (leaky) -> head" in text
-    )
+    assert "norm0 -> relu -> conv1" in text
+    # The LeakyReLU of the sum stays plain (kept lazily it would store the sum instead).
+    assert "1 convolution(s) read maps not stored" in text
     assert "norm1 read by add_: materialised" in text
     assert_same_network(model, converted, x)
 

@@ -273,6 +273,8 @@ def _try_replay(call: Call, names: dict[int, str], report: ConversionReport) -> 
     module = call.module
     program, events, why = prepare(module, call.args, call.kwargs, names)
     if program is None:
+        for event in events:  # what stopped each norm -> act chain
+            report.add(names.get(id(module), "?"), KIND, False, event.detail)
         return why
     name = names.get(id(module), "?")
     forward = ReplayForward(module)

@@ -334,8 +334,9 @@ class _Replay:
         ):
             return x
         if not isinstance(x, Lazy):
-            act = activation_of_module(module) if _plain(module) else None
-            return self.activate_tensor(index, node, x, act)
+            # An activation of a stored tensor stays plain: kept lazily it would store its
+            # input instead of its output, the same size, and cost recomputation.
+            return None
         act = activation_of_module(module) if _plain(module) else None
         if act is not None:
             return self.activate(x, act, type(module).__name__)
@@ -427,19 +428,18 @@ class _Replay:
         label = f"{x.labels[0]} -> {act}"
         return Lazy((replace(part, activation=act),), (_Box(handed),), (label,))
 
-    def activate_tensor(self, index: int, node: Node, x: Tensor, act: Activation | None) -> Any:
-        if act is None or not self.only_reader(node.args[0], index):
+    def upsample_tensor(self, node: Node, x: Tensor) -> Any:
+        """A nearest upsampling of a stored map, recomputed by its reader (not stored)."""
+        if not x.is_floating_point() or x.dim() < 3:
             return None
-        if not x.is_floating_point():
+        raw = NormActPart(x, activation=False)
+        factor = _nearest_factor(_spatial(raw), node.args, node.kwargs)
+        if factor is None or factor == 1:
             return None
         source = self.program.nodes[node.args[0].node]
-        if source.kind == "leaf":
-            producer = self.name(source.target)
-        else:
-            producer = getattr(source.target, "__name__", source.kind)
-        where = f" ({self.name(node.target)})" if node.kind == "leaf" else ""
-        label = f"{producer} output -> {act}{where}"
-        return Lazy((NormActPart(x, activation=act),), (_Box(),), (label,))
+        producer = self.name(source.target) if source.kind == "leaf" else source.kind
+        label = f"{producer} output -> nearest x{factor}"
+        return Lazy((replace(raw, upsample=factor),), (_Box(),), (label,))
 
     def call(self, index: int, node: Node) -> Any:
         func = node.target
@@ -457,9 +457,8 @@ class _Replay:
             return None
         x = self.resolve(node.args[0], lazy=True)
         if not isinstance(x, Lazy):
-            act = _activation_of_call(func, node.args, node.kwargs)
-            if act is not None and len(node.args) <= 3 and isinstance(x, Tensor):
-                return self.activate_tensor(index, node, x, act)
+            if func is F.interpolate and isinstance(x, Tensor):
+                return self.upsample_tensor(node, x)
             return None
         act = _activation_of_call(func, node.args, node.kwargs)
         name = getattr(func, "__name__", repr(func))
