@@ -11,8 +11,11 @@ activations and already converted modules as leaves), its graph is searched for
   ``norm_act_conv`` on the parts, so the concatenation is written into a transient buffer
   and never stored.
 
-Where a module does not trace (shape-dependent padding, data-dependent Python), its
-children are tried instead and the report says why the module itself was left as is.
+Each module, outermost first, is first recorded and replayed with lazy activations
+(:mod:`concatnets.convert.replayed`, which also handles shape-dependent Python and
+activations that cross module boundaries); the ``torch.fx`` rewriting here is the fallback
+for a module that cannot be recorded. Where neither works, its children are tried instead
+and the report says why the module itself was left as is.
 """
 
 from __future__ import annotations
