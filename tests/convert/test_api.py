@@ -65,15 +65,17 @@ class _LeakyLayer(nn.Module):
         return torch.cat([x, new], 1)
 
 
-def test_a_block_that_only_looks_dense_is_left_as_is() -> None:
+def test_a_block_that_only_looks_dense_is_not_converted_as_one() -> None:
     block = nn.Sequential(_LeakyLayer(4, 2), _LeakyLayer(6, 2))
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), block)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model(x)
     _, report = concatnets.memory_efficient(model, example_input=x, report=True)
-    assert not report.converted
+    assert not [s for s in report.converted if s.kind == "dense block"]
     assert any("disagrees" in s.detail for s in report.unconverted), str(report)
+    # Its norm -> LeakyReLU -> conv chains still run on the engine, the model unchanged.
+    assert "1.0.norm2 -> leaky_relu(0.01) -> 1.0.conv2" in str(report)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected)
 
@@ -85,7 +87,7 @@ def test_default_example_input_and_report_text() -> None:
     assert [s.path for s in report.converted if s.kind == "dense block"] == [
         f"features.denseblock{i}" for i in range(1, 4)
     ]
-    assert "transition1.norm -> relu -> transition1.conv" in str(report)
+    assert "features.transition1.norm -> relu -> features.transition1.conv" in str(report)
     assert converted is model
 
 

@@ -50,9 +50,12 @@ def memory_efficient(
 
     One probe forward on ``example_input`` (default: a random batch of 2 shaped for the
     first convolution) shows how the model runs. Every dense block found there runs on one
-    shared buffer (:func:`concatnets.engine.dense_block`); where the model traces, its
-    ``cat -> conv`` and ``norm -> ReLU -> conv`` chains run on
-    :func:`concatnets.engine.norm_act_conv`. Each site is checked
+    shared buffer (:func:`concatnets.engine.dense_block`); then the outermost module whose
+    forward can be recorded (:mod:`concatnets.convert.replayed`) is replayed with every
+    norm -> activation kept as its input and statistics, pooled, upsampled, transposed-
+    convolved and concatenated lazily until a convolution reads it through
+    :func:`concatnets.engine.norm_act_conv` (``torch.fx`` rewriting where a module traces
+    but cannot be recorded). Each site is checked
     numerically against the module's own forward before it is installed; what cannot be
     converted is left as it was. Parameters, buffers and state-dict keys do not change, so
     weights, optimizers and checkpoints keep working; converting twice is harmless and
@@ -63,8 +66,8 @@ def memory_efficient(
         example_input: A batch the model accepts (a tuple for several arguments).
         report: Also return a :class:`ConversionReport` of the sites converted and not.
         policy: The dense blocks' bottleneck policy (see :func:`concatnets.engine.dense_block`).
-        chains: Also rewrite ``cat -> conv`` and ``norm -> ReLU -> conv`` chains where
-            torch.fx traces the model (see :mod:`concatnets.convert.chains`).
+        chains: Also convert ``cat -> conv`` and ``norm -> act -> conv`` chains outside
+            dense blocks (see :mod:`concatnets.convert.chains`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"memory_efficient expects an nn.Module, got {type(model).__name__}")

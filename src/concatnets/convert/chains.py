@@ -11,8 +11,11 @@ activations and already converted modules as leaves), its graph is searched for
   ``norm_act_conv`` on the parts, so the concatenation is written into a transient buffer
   and never stored.
 
-Where a module does not trace (shape-dependent padding, data-dependent Python), its
-children are tried instead and the report says why the module itself was left as is.
+Each module, outermost first, is first recorded and replayed with lazy activations
+(:mod:`concatnets.convert.replayed`, which also handles shape-dependent Python and
+activations that cross module boundaries); the ``torch.fx`` rewriting here is the fallback
+for a module that cannot be recorded. Where neither works, its children are tried instead
+and the report says why the module itself was left as is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from torch.nn.modules.conv import _ConvNd
 
 from concatnets.convert.installed import EngineForward, install, is_converted
 from concatnets.convert.probe import Call
+from concatnets.convert.record import signature
+from concatnets.convert.replayed import ReplayForward, prepare, summary
 from concatnets.convert.report import ConversionReport
 from concatnets.convert.verify import mismatch
 from concatnets.engine import NormActPart, norm_act_conv, norm_stats
@@ -265,6 +270,26 @@ def _worth_reporting(call: Call) -> bool:
     return len(call.children) > 1 or any(isinstance(c.module, _ConvNd) for c in call.children)
 
 
+def _try_replay(call: Call, names: dict[int, str], report: ConversionReport) -> str | None:
+    """Install a :class:`ReplayForward` on the call's module if its replay converts a site;
+    None when it did, else why not."""
+    module = call.module
+    program, events, why = prepare(module, call.args, call.kwargs, names)
+    if program is None:
+        for event in events:  # what stopped each norm -> act chain
+            report.add(names.get(id(module), "?"), KIND, False, event.detail)
+        return why
+    name = names.get(id(module), "?")
+    forward = ReplayForward(module)
+    forward.add(signature(module, call.args, call.kwargs), program)
+    install(module, forward)
+    report.add(name, KIND, True, summary(events))
+    for event in events:
+        if not event.converted:
+            report.add(name, KIND, False, event.detail)
+    return None
+
+
 def convert_chains(root: Call, names: dict[int, str], report: ConversionReport) -> None:
     """Rewrite the chains of the outermost modules that trace (see module docstring)."""
     seen: set[int] = set()
@@ -276,10 +301,13 @@ def convert_chains(root: Call, names: dict[int, str], report: ConversionReport) 
         seen.add(id(module))
         name = names.get(id(module), "?")
         if is_converted(module):
-            if isinstance(module.__dict__["forward"], GraphForward):
+            if isinstance(module.__dict__["forward"], GraphForward | ReplayForward):
                 report.add(name, KIND, True, "already converted")
             return
         if not call.children:
+            return
+        not_replayed = _try_replay(call, names, report)
+        if not_replayed is None:
             return
         unsupported: list[str] = []
         forward, detail, traced = _try_module(call, unsupported)
@@ -290,7 +318,7 @@ def convert_chains(root: Call, names: dict[int, str], report: ConversionReport) 
             report.add(name, KIND, True, detail)
             return
         if detail and (traced or _worth_reporting(call)):
-            report.add(name, KIND, False, detail)
+            report.add(name, KIND, False, f"{detail}; not replayed: {not_replayed}")
         if not traced:
             for child in call.children:
                 visit(child)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from concatnets.convert.probe import preserved_state
 
-__all__ = ["mismatch"]
+__all__ = ["difference", "mismatch"]
 
 _SEED = 20170706
 
@@ -24,7 +24,7 @@ def _tolerance(t: Tensor) -> float:
     return 1e-6 if t.dtype == torch.float64 else 1e-3
 
 
-def _difference(expected: Any, actual: Any) -> str | None:
+def difference(expected: Any, actual: Any) -> str | None:
     if isinstance(expected, Tensor):
         if not isinstance(actual, Tensor) or actual.shape != expected.shape:
             shape = getattr(actual, "shape", type(actual).__name__)
@@ -41,7 +41,7 @@ def _difference(expected: Any, actual: Any) -> str | None:
         if not isinstance(actual, list | tuple) or len(actual) != len(expected):
             return "output structure differs"
         for e, a in zip(expected, actual, strict=True):
-            problem = _difference(e, a)
+            problem = difference(e, a)
             if problem is not None:
                 return problem
         return None
@@ -66,7 +66,7 @@ def mismatch(
                 actual = candidate(*args, **kwargs)
             except Exception as error:
                 return f"engine forward failed: {type(error).__name__}: {error}"
-            problem = _difference(expected, actual)
+            problem = difference(expected, actual)
             if problem is not None:
                 mode = "training" if training else "eval"
                 return f"engine forward disagrees in {mode} mode: {problem}"

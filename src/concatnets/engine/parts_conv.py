@@ -66,6 +66,8 @@ class NormActPart:
             see exactly the activation backward recomputes, or the argmax could differ).
         result: The part's whole value (after every stage) if the caller already has it
             (:func:`part_value`'s output); used in forward only, never saved.
+        pool_shape: ``(stride, padding)`` of the max pooling when not ``(pool, 0)``: a
+            ResNet stem's 3x3 pooling with stride 2 and padding 1.
     """
 
     tensor: Tensor
@@ -79,6 +81,7 @@ class NormActPart:
     value: Tensor | None = None
     upsample: int | None = None
     result: Tensor | None = None
+    pool_shape: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if (self.norm is None) != (self.stats is None):
@@ -191,8 +194,9 @@ def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
     return apply_activation_(y, part.activation)
 
 
-def _max_pool(y: Tensor, kernel: int) -> Tensor:
-    return _MAX_POOL[y.dim() - 2](y, kernel)
+def _max_pool(y: Tensor, kernel: int, shape: tuple[int, int] | None = None) -> Tensor:
+    stride, padding = shape if shape is not None else (kernel, 0)
+    return _MAX_POOL[y.dim() - 2](y, kernel, stride, padding)
 
 
 def _upsample(part: NormActPart, y: Tensor) -> Tensor:
@@ -228,7 +232,7 @@ def _value(part: NormActPart, t: _PartTensors) -> Tensor:
     else:
         y = _activation(part, _normalized_input(part, t), t)
     if part.pool is not None:
-        y = _max_pool(y, part.pool)
+        y = _max_pool(y, part.pool, part.pool_shape)
     return _then_conv(part, _upsample(part, y), t)
 
 
@@ -276,11 +280,13 @@ def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None
     return out
 
 
-def _pool_backward(grad_pooled: Tensor, y: Tensor, kernel: int) -> Tensor:
+def _pool_backward(
+    grad_pooled: Tensor, y: Tensor, kernel: int, shape: tuple[int, int] | None = None
+) -> Tensor:
     """Gradient of ``_max_pool(y, kernel)`` for ``y``; the pooling finds its argmax again."""
     with torch.enable_grad():
         y_leaf = y.detach().requires_grad_()
-        (grad_y,) = torch.autograd.grad(_max_pool(y_leaf, kernel), y_leaf, grad_pooled)
+        (grad_y,) = torch.autograd.grad(_max_pool(y_leaf, kernel, shape), y_leaf, grad_pooled)
     return grad_y
 
 
@@ -297,7 +303,7 @@ class _Recomputed:
 def _recompute(part: NormActPart, t: _PartTensors) -> _Recomputed:
     x = _normalized_input(part, t)
     y = _activation(part, x, t)
-    pooled = y if part.pool is None else _max_pool(y, part.pool)
+    pooled = y if part.pool is None else _max_pool(y, part.pool, part.pool_shape)
     return _Recomputed(x, y, pooled, _upsample(part, pooled))
 
 
@@ -328,7 +334,11 @@ def _value_backward(
     grad_pooled = _upsample_backward(part, grad_up, r.pooled)
     del grad_up
     r.pooled = None
-    grad_y = grad_pooled if part.pool is None else _pool_backward(grad_pooled, r.y, part.pool)
+    grad_y = (
+        grad_pooled
+        if part.pool is None
+        else _pool_backward(grad_pooled, r.y, part.pool, part.pool_shape)
+    )
     del grad_pooled
     activation_backward_(grad_y, r.y, part.activation)
     r.y = None
@@ -506,6 +516,10 @@ class _PartValueFunction(torch.autograd.Function):
         r = _recompute(part, t)
         if r.upsampled is not None:
             grad_value = grad_value.contiguous(memory_format=layout_of(r.upsampled))
+        if part.then_conv is None and part.pool is None and part.upsample in (None, 1):
+            # The activation backward works in place on the gradient it is given, and
+            # autograd may hand the same tensor to other consumers (``a + part_value(p)``).
+            grad_value = grad_value.clone()
         grads = _value_backward(part, t, r, grad_value, ctx.needs_input_grad[1])
         return (None, *grads)
 
