@@ -1,17 +1,20 @@
-"""Pin glibc's mmap threshold at ``import concatnets`` so freed feature maps leave the heap.
+"""What ``import concatnets`` does to the C allocator: by default nothing.
 
 glibc serves a block at or above its mmap threshold (128 KiB at start) with its own
-``mmap`` and returns it to the OS on ``free``. But the threshold is dynamic: freeing such
-a block raises the threshold to that block's size (up to 32 MiB on 64-bit). After the
-first training step has freed its large feature maps, later blocks of that size come
-from the heap instead, and when they are freed the heap keeps their pages resident
-behind smaller live blocks (fragmentation). The process then stays far above its live
-tensor bytes. Setting the threshold once with ``mallopt(M_MMAP_THRESHOLD, ...)`` turns
-the dynamic adjustment off, so large tensors keep going straight back to the OS.
+``mmap`` and returns it to the OS on ``free``. The threshold is dynamic: freeing such a
+block raises it to that block's size (up to 32 MiB on 64-bit), so after a first training
+step later blocks of that size come from the heap, whose freed pages stay resident
+behind smaller live blocks (fragmentation). The memory engine keeps its own large CPU
+buffers out of malloc instead (:mod:`concatnets.engine.buffer_pool`), so the default
+``CONCATNETS_MALLOC=pool`` leaves glibc as the user has it and costs models that do not
+use the engine nothing.
 
-Left alone when the platform is not glibc, when the user already chose a threshold
-(``MALLOC_MMAP_THRESHOLD_`` in the environment) or when ``CONCATNETS_MALLOC=system``.
-Stdlib only: it runs before torch is imported.
+``CONCATNETS_MALLOC=pinned`` (opt-in) also pins glibc's threshold at 128 KiB with
+``mallopt(M_MMAP_THRESHOLD, ...)``: every other large tensor then goes straight back to
+the OS too, at the price of page faults for every model in the process (1.5-2.5x the CPU
+time of a DenseNet step). ``CONCATNETS_MALLOC=system`` turns the pool off as well. A
+threshold the user chose (``MALLOC_MMAP_THRESHOLD_``) is never overridden. Stdlib only:
+it runs before torch is imported.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "CHOICES",
+    "DEFAULT_CHOICE",
     "ENV_VARIABLE",
     "MMAP_THRESHOLD_BYTES",
     "AllocatorSetting",
@@ -31,11 +37,14 @@ __all__ = [
 
 ENV_VARIABLE = "CONCATNETS_MALLOC"
 # glibc's own starting threshold: blocks of 128 KiB and above are mmap'ed, as before the
-# first large free. Measured against 1 MiB and 4 MiB (see bench memory's report).
+# first large free (CONCATNETS_MALLOC=pinned only).
 MMAP_THRESHOLD_BYTES = 128 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 _USER_THRESHOLD_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
-_CHOICES = ("pinned", "system")
+#: ``pool``: engine buffers pooled, glibc untouched (default); ``pinned``: pool and
+#: pinned threshold; ``system``: neither.
+CHOICES = ("pool", "pinned", "system")
+DEFAULT_CHOICE = "pool"
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,17 @@ class AllocatorSetting:
     Args:
         applied: Whether the mmap threshold was pinned.
         detail: One sentence for reports, e.g. why nothing was done.
+        choice: The ``CONCATNETS_MALLOC`` value in force (one of :data:`CHOICES`).
     """
 
     applied: bool
     detail: str
+    choice: str = DEFAULT_CHOICE
+
+    @property
+    def pool(self) -> bool:
+        """Whether the engine keeps its large CPU buffers in its own pool."""
+        return self.choice != "system"
 
 
 _setting = AllocatorSetting(False, "not configured yet")
@@ -67,38 +83,53 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def configure_allocator(environ: dict[str, str] | None = None) -> AllocatorSetting:
-    """Pin glibc's mmap threshold unless opted out; return (and remember) what happened.
+def _choice(env: Mapping[str, str]) -> str:
+    choice = env.get(ENV_VARIABLE, "").strip().lower() or DEFAULT_CHOICE
+    if choice not in CHOICES:
+        raise ValueError(
+            f"{ENV_VARIABLE}={env[ENV_VARIABLE]!r} is not understood: set it to 'pool' (the "
+            "default: the engine reuses its own buffers, glibc left alone), 'pinned' (also "
+            "pin glibc's mmap threshold) or 'system' (neither)"
+        )
+    return choice
+
+
+def _pin(env: Mapping[str, str]) -> AllocatorSetting:
+    if _USER_THRESHOLD_VARIABLE in env:
+        detail = f"{_USER_THRESHOLD_VARIABLE}={env[_USER_THRESHOLD_VARIABLE]} set by the user"
+        return AllocatorSetting(False, detail, "pinned")
+    if (libc := _glibc()) is None:
+        return AllocatorSetting(False, "not glibc: allocator left alone", "pinned")
+    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
+        return AllocatorSetting(False, "glibc refused mallopt(M_MMAP_THRESHOLD)", "pinned")
+    version = libc.gnu_get_libc_version().decode()
+    detail = (
+        f"{ENV_VARIABLE}=pinned: glibc {version} mmap threshold pinned at "
+        f"{MMAP_THRESHOLD_BYTES} bytes; engine buffers pooled"
+    )
+    return AllocatorSetting(True, detail, "pinned")
+
+
+def configure_allocator(environ: Mapping[str, str] | None = None) -> AllocatorSetting:
+    """Apply ``CONCATNETS_MALLOC`` (default ``pool``); return (and remember) what happened.
 
     Args:
         environ: Environment to read; the process's own by default.
 
     Raises:
-        ValueError: ``CONCATNETS_MALLOC`` holds something other than ``pinned`` or ``system``.
+        ValueError: ``CONCATNETS_MALLOC`` holds something other than :data:`CHOICES`.
     """
     global _setting
     env = os.environ if environ is None else environ
-    choice = env.get(ENV_VARIABLE, "pinned").strip().lower() or "pinned"
-    if choice not in _CHOICES:
-        raise ValueError(
-            f"{ENV_VARIABLE}={env[ENV_VARIABLE]!r} is not understood: set it to 'system' "
-            "to keep glibc's own malloc settings, or 'pinned' (the default)"
-        )
-    if choice == "system":
-        _setting = AllocatorSetting(False, f"{ENV_VARIABLE}=system: glibc's own settings")
-    elif _USER_THRESHOLD_VARIABLE in env:
-        _setting = AllocatorSetting(
-            False, f"{_USER_THRESHOLD_VARIABLE}={env[_USER_THRESHOLD_VARIABLE]} set by the user"
-        )
-    elif (libc := _glibc()) is None:
-        _setting = AllocatorSetting(False, "not glibc: allocator left alone")
-    elif libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
-        _setting = AllocatorSetting(False, "glibc refused mallopt(M_MMAP_THRESHOLD)")
+    choice = _choice(env)
+    if choice == "pinned":
+        _setting = _pin(env)
+    elif choice == "system":
+        detail = f"{ENV_VARIABLE}=system: glibc's own settings, engine buffers from malloc"
+        _setting = AllocatorSetting(False, detail, "system")
     else:
-        version = libc.gnu_get_libc_version().decode()
-        _setting = AllocatorSetting(
-            True, f"glibc {version} mmap threshold pinned at {MMAP_THRESHOLD_BYTES} bytes"
-        )
+        detail = "glibc's own settings; engine reuses its own large CPU buffers (pool)"
+        _setting = AllocatorSetting(False, detail, "pool")
     return _setting
 
 

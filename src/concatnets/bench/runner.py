@@ -29,16 +29,19 @@ __all__ = [
 ]
 
 # The C-allocator environment of every child, by name:
-# - user: the environment as the user has it; ``import concatnets`` pins glibc's mmap
-#   threshold (concatnets._allocator), exactly as in a user's own script.
-# - glibc: the same without that setting (CONCATNETS_MALLOC=system): glibc's dynamic
-#   mmap threshold, which rises after the first large free and keeps later freed
-#   tensors in the heap, more for some modes than others.
+# - user: the environment as the user has it. ``import concatnets`` leaves glibc alone
+#   (its dynamic mmap threshold) and the engine reuses its own large CPU buffers
+#   (concatnets.engine.buffer_pool), exactly as in a user's own script.
+# - glibc: glibc's own settings with the engine's pool off too (CONCATNETS_MALLOC=system):
+#   every engine buffer from malloc, what the pool saves.
+# - pinned: the opt-in CONCATNETS_MALLOC=pinned: the pool, and glibc's mmap threshold
+#   pinned at 128 KiB for the whole process (faults for every model).
 # - fixed: the MALLOC_* settings earlier benchmarks used for every mode. The trim
 #   threshold is glibc's own default pairing (twice the mmap threshold).
 ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
     "user": {},
     "glibc": {"CONCATNETS_MALLOC": "system"},
+    "pinned": {"CONCATNETS_MALLOC": "pinned"},
     "fixed": {
         "MALLOC_ARENA_MAX": "2",
         "MALLOC_MMAP_THRESHOLD_": "131072",
