@@ -1,4 +1,4 @@
-"""``import concatnets`` leaves glibc alone unless ``CONCATNETS_MALLOC=pinned`` asks it to pin."""
+"""``import concatnets`` leaves glibc alone unless ``CONCATNETS_MALLOC`` asks for more."""
 
 from __future__ import annotations
 
@@ -20,22 +20,25 @@ def _keep_setting() -> object:
     _allocator._setting = before
 
 
-def test_default_leaves_glibc_alone_and_pools_engine_buffers(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("environ", "choice"), [({}, "system"), ({ENV_VARIABLE: "system"}, "system")]
+)
+def test_default_and_system_leave_glibc_and_the_engine_alone(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], choice: str
 ) -> None:
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(_allocator, "_glibc", lambda: _Recorder(calls))
-    setting = configure_allocator({})
-    assert not setting.applied and setting.pool and setting.choice == "pool"
+    setting = configure_allocator(environ)
+    assert not setting.applied and not setting.pool and setting.choice == choice
     assert allocator_setting() == setting
     assert calls == []
 
 
-def test_system_leaves_glibc_alone_and_turns_the_pool_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pool_pools_engine_buffers_and_leaves_glibc_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(_allocator, "_glibc", lambda: _Recorder(calls))
-    setting = configure_allocator({ENV_VARIABLE: "system"})
-    assert not setting.applied and not setting.pool and "system" in setting.detail
+    setting = configure_allocator({ENV_VARIABLE: "pool"})
+    assert not setting.applied and setting.pool and "pool" in setting.detail
     assert calls == []
 
 
@@ -62,7 +65,7 @@ def test_pinned_off_glibc_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_a_bad_value_names_the_variable_and_the_fix() -> None:
     with pytest.raises(
-        ValueError, match=r"CONCATNETS_MALLOC='jemalloc'.*'pool'.*'pinned'.*'system'"
+        ValueError, match=r"CONCATNETS_MALLOC='jemalloc'.*'system'.*'pool'.*'pinned'"
     ):
         configure_allocator({ENV_VARIABLE: "jemalloc"})
 
@@ -70,7 +73,7 @@ def test_a_bad_value_names_the_variable_and_the_fix() -> None:
 @pytest.mark.skipif(not _ON_GLIBC, reason="glibc only")
 @pytest.mark.parametrize(
     ("value", "applied", "pool"),
-    [("", False, True), ("pinned", True, True), ("system", False, False)],
+    [("", False, False), ("pool", False, True), ("pinned", True, True), ("system", False, False)],
 )
 def test_import_concatnets_applies_it_in_a_fresh_process(
     value: str, applied: bool, pool: bool

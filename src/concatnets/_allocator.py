@@ -4,17 +4,19 @@ glibc serves a block at or above its mmap threshold (128 KiB at start) with its 
 ``mmap`` and returns it to the OS on ``free``. The threshold is dynamic: freeing such a
 block raises it to that block's size (up to 32 MiB on 64-bit), so after a first training
 step later blocks of that size come from the heap, whose freed pages stay resident
-behind smaller live blocks (fragmentation). The memory engine keeps its own large CPU
-buffers out of malloc instead (:mod:`concatnets.engine.buffer_pool`), so the default
-``CONCATNETS_MALLOC=pool`` leaves glibc as the user has it and costs models that do not
-use the engine nothing.
+behind smaller live blocks (fragmentation): a process keeps more resident memory than
+it has live tensors. ``CONCATNETS_MALLOC`` chooses what concatnets does about it:
 
-``CONCATNETS_MALLOC=pinned`` (opt-in) also pins glibc's threshold at 128 KiB with
-``mallopt(M_MMAP_THRESHOLD, ...)``: every other large tensor then goes straight back to
-the OS too, at the price of page faults for every model in the process (1.5-2.5x the CPU
-time of a DenseNet step). ``CONCATNETS_MALLOC=system`` turns the pool off as well. A
-threshold the user chose (``MALLOC_MMAP_THRESHOLD_``) is never overridden. Stdlib only:
-it runs before torch is imported.
+- ``system`` (default): nothing; glibc as the user has it, for every model.
+- ``pool``: the memory engine keeps its large CPU buffers in its own reused mappings
+  (:mod:`concatnets.engine.buffer_pool`); glibc untouched.
+- ``pinned``: the pool, and glibc's mmap threshold pinned at 128 KiB with
+  ``mallopt(M_MMAP_THRESHOLD, ...)``: large tensors go straight back to the OS, so the
+  resident peak follows live tensors, at the price of page faults for every model in
+  the process (1.5-2.5x the CPU time of a DenseNet step).
+
+A threshold the user chose (``MALLOC_MMAP_THRESHOLD_``) is never overridden. Stdlib
+only: it runs before torch is imported.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ ENV_VARIABLE = "CONCATNETS_MALLOC"
 MMAP_THRESHOLD_BYTES = 128 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 _USER_THRESHOLD_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
-#: ``pool``: engine buffers pooled, glibc untouched (default); ``pinned``: pool and
-#: pinned threshold; ``system``: neither.
-CHOICES = ("pool", "pinned", "system")
-DEFAULT_CHOICE = "pool"
+#: ``system``: nothing (default); ``pool``: engine buffers pooled; ``pinned``: pool and
+#: pinned threshold (see the module docstring).
+CHOICES = ("system", "pool", "pinned")
+DEFAULT_CHOICE = "system"
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class AllocatorSetting:
     @property
     def pool(self) -> bool:
         """Whether the engine keeps its large CPU buffers in its own pool."""
-        return self.choice != "system"
+        return self.choice in ("pool", "pinned")
 
 
 _setting = AllocatorSetting(False, "not configured yet")
@@ -87,9 +89,9 @@ def _choice(env: Mapping[str, str]) -> str:
     choice = env.get(ENV_VARIABLE, "").strip().lower() or DEFAULT_CHOICE
     if choice not in CHOICES:
         raise ValueError(
-            f"{ENV_VARIABLE}={env[ENV_VARIABLE]!r} is not understood: set it to 'pool' (the "
-            "default: the engine reuses its own buffers, glibc left alone), 'pinned' (also "
-            "pin glibc's mmap threshold) or 'system' (neither)"
+            f"{ENV_VARIABLE}={env[ENV_VARIABLE]!r} is not understood: set it to 'system' "
+            "(the default: glibc left alone), 'pool' (the engine reuses its own CPU "
+            "buffers) or 'pinned' (the pool, and glibc's mmap threshold pinned)"
         )
     return choice
 
@@ -111,7 +113,7 @@ def _pin(env: Mapping[str, str]) -> AllocatorSetting:
 
 
 def configure_allocator(environ: Mapping[str, str] | None = None) -> AllocatorSetting:
-    """Apply ``CONCATNETS_MALLOC`` (default ``pool``); return (and remember) what happened.
+    """Apply ``CONCATNETS_MALLOC`` (default ``system``); return (and remember) what happened.
 
     Args:
         environ: Environment to read; the process's own by default.
@@ -124,12 +126,11 @@ def configure_allocator(environ: Mapping[str, str] | None = None) -> AllocatorSe
     choice = _choice(env)
     if choice == "pinned":
         _setting = _pin(env)
-    elif choice == "system":
-        detail = f"{ENV_VARIABLE}=system: glibc's own settings, engine buffers from malloc"
-        _setting = AllocatorSetting(False, detail, "system")
-    else:
-        detail = "glibc's own settings; engine reuses its own large CPU buffers (pool)"
+    elif choice == "pool":
+        detail = f"{ENV_VARIABLE}=pool: glibc's own settings; engine CPU buffers pooled"
         _setting = AllocatorSetting(False, detail, "pool")
+    else:
+        _setting = AllocatorSetting(False, "glibc's own settings (nothing changed)", "system")
     return _setting
 
 

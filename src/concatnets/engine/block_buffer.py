@@ -350,7 +350,7 @@ def _forward(
         if record and policy == "keep" and layer.has_bottleneck:
             # Kept until backward: moved to a pooled block at once, so malloc's heap holds
             # only this step's transients, never long-lived blocks between them.
-            first = buffer_pool.empty_like(first).copy_(first)
+            first = buffer_pool.moved_to_pool(first)
         stats2: NormStats | None = None
         if layer.norm2 is not None and layer.conv2 is not None:
             y2, stats2 = norm_act_forward(layer.norm2, first, w.norm2_weight, w.norm2_bias)

@@ -419,7 +419,7 @@ class _NormActConvFunction(torch.autograd.Function):
         # The consumer usually keeps the output until backward (the next part's tensor):
         # a pooled block, so malloc's heap holds only transients (see buffer_pool).
         out = conv_forward(conv, y, weight, bias)
-        out = buffer_pool.empty_like(out).copy_(out)
+        out = buffer_pool.moved_to_pool(out)
         ctx.conv = conv
         ctx.layout = layout_of(y)  # the input's: the backend may give a few-channel output another
         # The parts' tensors are saved below; ctx keeps only their descriptions.
