@@ -46,7 +46,7 @@ def test_pinned_pins_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(_allocator, "_glibc", lambda: _Recorder(calls))
     setting = configure_allocator({ENV_VARIABLE: " Pinned "})
-    assert setting.applied and setting.pool and allocator_setting() == setting
+    assert setting.applied and not setting.pool and allocator_setting() == setting
     assert calls == [(-3, _allocator.MMAP_THRESHOLD_BYTES)]
 
 
@@ -73,7 +73,7 @@ def test_a_bad_value_names_the_variable_and_the_fix() -> None:
 @pytest.mark.skipif(not _ON_GLIBC, reason="glibc only")
 @pytest.mark.parametrize(
     ("value", "applied", "pool"),
-    [("", False, False), ("pool", False, True), ("pinned", True, True), ("system", False, False)],
+    [("", False, False), ("pool", False, True), ("pinned", True, False), ("system", False, False)],
 )
 def test_import_concatnets_applies_it_in_a_fresh_process(
     value: str, applied: bool, pool: bool

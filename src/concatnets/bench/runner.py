@@ -37,8 +37,8 @@ __all__ = [
 #   user's environment says.
 # - pool: CONCATNETS_MALLOC=pool: the engine keeps its large CPU buffers in its own
 #   reused mappings (concatnets.engine.buffer_pool); glibc untouched.
-# - pinned: CONCATNETS_MALLOC=pinned: the pool, and glibc's mmap threshold pinned at
-#   128 KiB for the whole process (resident follows live tensors; faults for every model).
+# - pinned: CONCATNETS_MALLOC=pinned: glibc's mmap threshold pinned at 128 KiB for the
+#   whole process (resident follows live tensors; page faults for every model).
 # - fixed: the MALLOC_* settings earlier benchmarks used for every mode. The trim
 #   threshold is glibc's own default pairing (twice the mmap threshold).
 ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {

@@ -18,12 +18,14 @@ memory counters see its storage born like any other. CPU only (CUDA has its cach
 allocator); blocks idle for :data:`IDLE_SECONDS` are unmapped, and
 :func:`release_buffers` unmaps every free block at once.
 
-Off by default, on with ``CONCATNETS_MALLOC=pool`` or ``pinned``
-(:mod:`concatnets._allocator`). Measured on an AMD EPYC (Zen 3) under glibc's own
-settings, the pool saves page faults (densenet_bc_100 batch 64: 0.88x the CPU time of an
-engine step) but raises the resident peak of a DenseNet (densenet_bc_100 1.4x,
-densenet121 1.1x; U-Net 0.92x): its blocks stay resident while idle, and long-lived
-buffers held apart from malloc's heap can no longer reuse the heap's freed transients.
+Off by default, on with ``CONCATNETS_MALLOC=pool`` (:mod:`concatnets._allocator`).
+Measured on an AMD EPYC (Zen 3), 1 thread, under glibc's own settings, the pool saves
+page faults (densenet_bc_100 batch 64: 0.88x the CPU time of an engine step) but raises
+the resident peak of a DenseNet (densenet_bc_100 1.4x, densenet121 1.1x; U-Net 0.92x):
+its backward-only blocks stay resident, idle, through the forward peak, and long-lived
+buffers held apart from malloc's heap no longer reuse the heap's freed transients, so
+the peak becomes the pool's plus the heap's instead of their sum at one moment. With
+glibc's threshold pinned it kept 65-130 MiB more resident for no CPU time gain beyond 3%.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ _enabled = allocator_setting().pool
 
 
 def pool_enabled() -> bool:
-    """Whether engine buffers come from the pool (``CONCATNETS_MALLOC=pool`` or ``pinned``)."""
+    """Whether engine buffers come from the pool (``CONCATNETS_MALLOC=pool``)."""
     return _enabled
 
 
