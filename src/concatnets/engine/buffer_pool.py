@@ -21,7 +21,7 @@ allocator); blocks idle for :data:`IDLE_SECONDS` are unmapped, and
 Off by default, on with ``CONCATNETS_MALLOC=pool`` (:mod:`concatnets._allocator`).
 Measured on an AMD EPYC (Zen 3), 1 thread, under glibc's own settings, the pool saves
 page faults (densenet_bc_100 batch 64: 0.88x the CPU time of an engine step) but raises
-the resident peak of a DenseNet (densenet_bc_100 1.4x, densenet121 1.1x; U-Net 0.92x):
+the resident peak of a DenseNet (densenet_bc_100 1.4x, densenet121 1.15x; U-Net 0.92x):
 its backward-only blocks stay resident, idle, through the forward peak, and long-lived
 buffers held apart from malloc's heap no longer reuse the heap's freed transients, so
 the peak becomes the pool's plus the heap's instead of their sum at one moment. With
