@@ -54,6 +54,7 @@ from concatnets.engine.stats import (
     norm_act_forward,
     norm_stats,
     relu_backward_,
+    scale_shift_act,
     uses_batch_stats,
 )
 
@@ -410,6 +411,53 @@ def _bottleneck_backward(
     return grad_bottleneck, [grad_norm2_w, grad_norm2_b, grad_conv2_w, grad_conv2_b]
 
 
+# From this size on glibc serves every block with a fresh mmap (its dynamic threshold
+# stops at 32 MiB), so a chunk-sized input gradient is page-faulted anew every layer.
+# Adding it in place instead measured 0.45x the time on (64, 200, 32, 32) float32 and
+# 1.25-1.45x on densenet121's smaller chunks (AMD EPYC, 1 thread), hence the bound.
+_IN_PLACE_INPUT_GRAD_BYTES = 32 * 2**20
+
+
+def _input_grad_in_place(chunk: Tensor, weight: Tensor | None, stats: NormStats) -> bool:
+    """Whether :func:`_add_norm_input_grad` serves this chunk (see the bound above)."""
+    big = chunk.numel() * chunk.element_size() >= _IN_PLACE_INPUT_GRAD_BYTES
+    return big and weight is not None and stats.batch and not is_reduced(chunk.dtype)
+
+
+def _add_norm_input_grad(
+    grad_y: Tensor, x: Tensor, weight: Tensor, stats: NormStats, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Add batch norm's input gradient (batch statistics) into ``target`` in place;
+    return the weight and bias gradients. Overwrites ``x`` (a scratch copy).
+
+    The input gradient is ``a * grad_y + b * x + c`` per channel, with
+    ``a = w * invstd``, ``b = -a * invstd * sum(grad_y * x_hat) / n`` and
+    ``c = -a * sum(grad_y) / n - b * mean``; the two sums are the weight and bias
+    gradients, which the native kernel returns without writing an input gradient, so
+    no chunk-sized gradient tensor is allocated.
+    """
+    _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+        grad_y,
+        x,
+        weight,
+        None,
+        None,
+        stats.mean,
+        stats.invstd,
+        True,
+        stats.eps,
+        [False, True, True],
+    )
+    count = x.numel() // max(x.shape[1], 1)
+    a = weight * stats.invstd
+    b = -a * stats.invstd * grad_weight / count
+    c = -a * grad_bias / count - b * stats.mean
+    view = (-1,) + (1,) * (x.dim() - 2)
+    scale_shift_act(x, b.view(view), c.view(view), activation=False, out=x)  # b * x + c
+    target.addcmul_(grad_y, a.view(view)).add_(x)
+    return grad_weight, grad_bias
+
+
 def _layer_backward(
     layer: DenseLayerSpec,
     record: _LayerRecord,
@@ -463,10 +511,14 @@ def _layer_backward(
             grad_conv1_b = conv_b
         relu_backward_(grad_y1, y1)
         del y1
-        grad_x, norm_gw, norm_gb = norm_act_backward(grad_y1, chunk, norm_w, stats)
+        target = grad_features.narrow(1, start, length)
+        if _input_grad_in_place(chunk, norm_w, stats):
+            norm_gw, norm_gb = _add_norm_input_grad(grad_y1, chunk, norm_w, stats, target)
+        else:
+            grad_x, norm_gw, norm_gb = norm_act_backward(grad_y1, chunk, norm_w, stats)
+            target.add_(grad_x)
+            del grad_x
         del grad_y1
-        grad_features.narrow(1, start, length).add_(grad_x)
-        del grad_x
         if grad_norm1_w is not None and norm_gw is not None:
             grad_norm1_w.narrow(0, start, length).copy_(norm_gw)
         if grad_norm1_b is not None and norm_gb is not None:
