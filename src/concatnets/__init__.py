@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concatnets._allocator import configure_allocator
 
-# Before torch allocates: keep freed large tensors from staying resident (see _allocator).
+# Before torch allocates: apply CONCATNETS_MALLOC (default: glibc left alone; see _allocator).
 configure_allocator()
 
 from concatnets._version import __version__  # noqa: E402

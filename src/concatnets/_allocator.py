@@ -1,17 +1,23 @@
-"""Pin glibc's mmap threshold at ``import concatnets`` so freed feature maps leave the heap.
+"""What ``import concatnets`` does to the C allocator: by default nothing.
 
 glibc serves a block at or above its mmap threshold (128 KiB at start) with its own
-``mmap`` and returns it to the OS on ``free``. But the threshold is dynamic: freeing such
-a block raises the threshold to that block's size (up to 32 MiB on 64-bit). After the
-first training step has freed its large feature maps, later blocks of that size come
-from the heap instead, and when they are freed the heap keeps their pages resident
-behind smaller live blocks (fragmentation). The process then stays far above its live
-tensor bytes. Setting the threshold once with ``mallopt(M_MMAP_THRESHOLD, ...)`` turns
-the dynamic adjustment off, so large tensors keep going straight back to the OS.
+``mmap`` and returns it to the OS on ``free``. The threshold is dynamic: freeing such a
+block raises it to that block's size (up to 32 MiB on 64-bit), so after a first training
+step later blocks of that size come from the heap, whose freed pages stay resident
+behind smaller live blocks (fragmentation): a process keeps more resident memory than
+it has live tensors. ``CONCATNETS_MALLOC`` chooses what concatnets does about it:
 
-Left alone when the platform is not glibc, when the user already chose a threshold
-(``MALLOC_MMAP_THRESHOLD_`` in the environment) or when ``CONCATNETS_MALLOC=system``.
-Stdlib only: it runs before torch is imported.
+- ``system`` (default): nothing; glibc as the user has it, for every model.
+- ``pool``: the memory engine keeps its large CPU buffers in its own reused mappings
+  (:mod:`concatnets.engine.buffer_pool`); glibc untouched.
+- ``pinned``: glibc's mmap threshold pinned at 128 KiB with
+  ``mallopt(M_MMAP_THRESHOLD, ...)``: large tensors go straight back to the OS, so the
+  resident peak follows live tensors, at the price of page faults for every model in
+  the process (1.5-2.5x the CPU time of a DenseNet step). The pool is not added: with
+  the threshold pinned it only kept idle blocks resident (measured, see buffer_pool).
+
+A threshold the user chose (``MALLOC_MMAP_THRESHOLD_``) is never overridden. Stdlib
+only: it runs before torch is imported.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "CHOICES",
+    "DEFAULT_CHOICE",
     "ENV_VARIABLE",
     "MMAP_THRESHOLD_BYTES",
     "AllocatorSetting",
@@ -31,11 +40,14 @@ __all__ = [
 
 ENV_VARIABLE = "CONCATNETS_MALLOC"
 # glibc's own starting threshold: blocks of 128 KiB and above are mmap'ed, as before the
-# first large free. Measured against 1 MiB and 4 MiB (see bench memory's report).
+# first large free (CONCATNETS_MALLOC=pinned only).
 MMAP_THRESHOLD_BYTES = 128 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 _USER_THRESHOLD_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
-_CHOICES = ("pinned", "system")
+#: ``system``: nothing (default); ``pool``: engine buffers pooled; ``pinned``: glibc's
+#: threshold pinned (see the module docstring).
+CHOICES = ("system", "pool", "pinned")
+DEFAULT_CHOICE = "system"
 
 
 @dataclass(frozen=True)
@@ -45,10 +57,17 @@ class AllocatorSetting:
     Args:
         applied: Whether the mmap threshold was pinned.
         detail: One sentence for reports, e.g. why nothing was done.
+        choice: The ``CONCATNETS_MALLOC`` value in force (one of :data:`CHOICES`).
     """
 
     applied: bool
     detail: str
+    choice: str = DEFAULT_CHOICE
+
+    @property
+    def pool(self) -> bool:
+        """Whether the engine keeps its large CPU buffers in its own pool."""
+        return self.choice == "pool"
 
 
 _setting = AllocatorSetting(False, "not configured yet")
@@ -67,38 +86,52 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def configure_allocator(environ: dict[str, str] | None = None) -> AllocatorSetting:
-    """Pin glibc's mmap threshold unless opted out; return (and remember) what happened.
+def _choice(env: Mapping[str, str]) -> str:
+    choice = env.get(ENV_VARIABLE, "").strip().lower() or DEFAULT_CHOICE
+    if choice not in CHOICES:
+        raise ValueError(
+            f"{ENV_VARIABLE}={env[ENV_VARIABLE]!r} is not understood: set it to 'system' "
+            "(the default: glibc left alone), 'pool' (the engine reuses its own CPU "
+            "buffers) or 'pinned' (glibc's mmap threshold pinned for the process)"
+        )
+    return choice
+
+
+def _pin(env: Mapping[str, str]) -> AllocatorSetting:
+    if _USER_THRESHOLD_VARIABLE in env:
+        detail = f"{_USER_THRESHOLD_VARIABLE}={env[_USER_THRESHOLD_VARIABLE]} set by the user"
+        return AllocatorSetting(False, detail, "pinned")
+    if (libc := _glibc()) is None:
+        return AllocatorSetting(False, "not glibc: allocator left alone", "pinned")
+    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
+        return AllocatorSetting(False, "glibc refused mallopt(M_MMAP_THRESHOLD)", "pinned")
+    version = libc.gnu_get_libc_version().decode()
+    detail = (
+        f"{ENV_VARIABLE}=pinned: glibc {version} mmap threshold pinned at "
+        f"{MMAP_THRESHOLD_BYTES} bytes"
+    )
+    return AllocatorSetting(True, detail, "pinned")
+
+
+def configure_allocator(environ: Mapping[str, str] | None = None) -> AllocatorSetting:
+    """Apply ``CONCATNETS_MALLOC`` (default ``system``); return (and remember) what happened.
 
     Args:
         environ: Environment to read; the process's own by default.
 
     Raises:
-        ValueError: ``CONCATNETS_MALLOC`` holds something other than ``pinned`` or ``system``.
+        ValueError: ``CONCATNETS_MALLOC`` holds something other than :data:`CHOICES`.
     """
     global _setting
     env = os.environ if environ is None else environ
-    choice = env.get(ENV_VARIABLE, "pinned").strip().lower() or "pinned"
-    if choice not in _CHOICES:
-        raise ValueError(
-            f"{ENV_VARIABLE}={env[ENV_VARIABLE]!r} is not understood: set it to 'system' "
-            "to keep glibc's own malloc settings, or 'pinned' (the default)"
-        )
-    if choice == "system":
-        _setting = AllocatorSetting(False, f"{ENV_VARIABLE}=system: glibc's own settings")
-    elif _USER_THRESHOLD_VARIABLE in env:
-        _setting = AllocatorSetting(
-            False, f"{_USER_THRESHOLD_VARIABLE}={env[_USER_THRESHOLD_VARIABLE]} set by the user"
-        )
-    elif (libc := _glibc()) is None:
-        _setting = AllocatorSetting(False, "not glibc: allocator left alone")
-    elif libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
-        _setting = AllocatorSetting(False, "glibc refused mallopt(M_MMAP_THRESHOLD)")
+    choice = _choice(env)
+    if choice == "pinned":
+        _setting = _pin(env)
+    elif choice == "pool":
+        detail = f"{ENV_VARIABLE}=pool: glibc's own settings; engine CPU buffers pooled"
+        _setting = AllocatorSetting(False, detail, "pool")
     else:
-        version = libc.gnu_get_libc_version().decode()
-        _setting = AllocatorSetting(
-            True, f"glibc {version} mmap threshold pinned at {MMAP_THRESHOLD_BYTES} bytes"
-        )
+        _setting = AllocatorSetting(False, "glibc's own settings (nothing changed)", "system")
     return _setting
 
 

@@ -320,3 +320,17 @@ def test_layer_spec_and_part_errors_name_the_fix() -> None:
         run_dense_block(
             [torch.randn(1, 1, 2, 2), torch.randn(1, 3, 2, 2)], [DenseLayerSpec(norm, conv)]
         )
+
+
+def test_large_chunks_add_their_input_gradient_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every chunk takes the in-place path (normally only chunks of 32 MiB and more).
+    monkeypatch.setattr(block_buffer, "_IN_PLACE_INPUT_GRAD_BYTES", 0)
+    naive = make_block(dtype=torch.float64)
+    engine = copy.deepcopy(naive)
+    engine.memory_efficient = True
+    x = torch.randn(4, 5, 6, 6, dtype=torch.float64)
+    out_n, grad_n = run_step(naive, x)
+    out_e, grad_e = run_step(engine, x)
+    torch.testing.assert_close(out_e, out_n)
+    torch.testing.assert_close(grad_e, grad_n)
+    assert_same_state(engine, naive, tol=1e-10)

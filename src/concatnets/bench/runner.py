@@ -29,16 +29,23 @@ __all__ = [
 ]
 
 # The C-allocator environment of every child, by name:
-# - user: the environment as the user has it; ``import concatnets`` pins glibc's mmap
-#   threshold (concatnets._allocator), exactly as in a user's own script.
-# - glibc: the same without that setting (CONCATNETS_MALLOC=system): glibc's dynamic
-#   mmap threshold, which rises after the first large free and keeps later freed
-#   tensors in the heap, more for some modes than others.
+# - user: the environment as the user has it. Unless the user set CONCATNETS_MALLOC,
+#   ``import concatnets`` changes nothing: glibc's dynamic mmap threshold, which rises
+#   after the first large free and keeps later freed tensors in the heap, and the engine
+#   allocating through malloc like any model; exactly a user's own script.
+# - glibc: that default stated explicitly (CONCATNETS_MALLOC=system), whatever the
+#   user's environment says.
+# - pool: CONCATNETS_MALLOC=pool: the engine keeps its large CPU buffers in its own
+#   reused mappings (concatnets.engine.buffer_pool); glibc untouched.
+# - pinned: CONCATNETS_MALLOC=pinned: glibc's mmap threshold pinned at 128 KiB for the
+#   whole process (resident follows live tensors; page faults for every model).
 # - fixed: the MALLOC_* settings earlier benchmarks used for every mode. The trim
 #   threshold is glibc's own default pairing (twice the mmap threshold).
 ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
     "user": {},
     "glibc": {"CONCATNETS_MALLOC": "system"},
+    "pool": {"CONCATNETS_MALLOC": "pool"},
+    "pinned": {"CONCATNETS_MALLOC": "pinned"},
     "fixed": {
         "MALLOC_ARENA_MAX": "2",
         "MALLOC_MMAP_THRESHOLD_": "131072",

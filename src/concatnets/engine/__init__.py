@@ -8,7 +8,9 @@ operations run plain torch on tensors and build :func:`norm_act_conv` parts on t
 engine (skips written into the decoder's concatenation, pooling and up-convolution
 recomputed in backward). Its memory layout is
 chosen per machine; :func:`set_layout` and :func:`use_layout` override it and
-:func:`layout_decisions` shows what was chosen.
+:func:`layout_decisions` shows what was chosen. With ``CONCATNETS_MALLOC=pool`` large CPU
+buffers come from a reused pool (:mod:`~concatnets.engine.buffer_pool`);
+:func:`release_buffers` gives its free blocks back to the OS.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from concatnets.engine.block_buffer import (
     dense_block,
     run_dense_block,
 )
+from concatnets.engine.buffer_pool import release_buffers
 from concatnets.engine.dense_layer import ChannelMoments, DenseLayerLike, DenseLayerSpec
 from concatnets.engine.dropout import dropout
 from concatnets.engine.layout_choice import layout_decisions, set_layout, use_layout
@@ -39,6 +42,7 @@ __all__ = [
     "layout_decisions",
     "norm_act_conv",
     "norm_stats",
+    "release_buffers",
     "run_dense_block",
     "set_layout",
     "use_layout",

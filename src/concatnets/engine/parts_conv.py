@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from concatnets.engine import buffer_pool
 from concatnets.engine.activation import Activation, activation_backward_, apply_activation_
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
@@ -186,12 +187,12 @@ def _normalize(part: NormActPart, x: Tensor, t: _PartTensors, out: Tensor | None
 
 
 def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
-    """``relu(bn(crop(x)))`` of the normalisation's input ``x``, as a new tensor."""
+    """``relu(bn(crop(x)))`` of the normalisation's input ``x``, as a new (pooled) tensor."""
     x = part.cropped(x)
+    out = buffer_pool.empty_like(x, memory_format=layout_of(x), transient=True)
     if part.stats is not None:
-        return _normalize(part, x, t)
-    y = x.clone(memory_format=layout_of(x))
-    return apply_activation_(y, part.activation)
+        return _normalize(part, x, t, out=out)
+    return apply_activation_(out.copy_(x), part.activation)
 
 
 def _max_pool(y: Tensor, kernel: int, shape: tuple[int, int] | None = None) -> Tensor:
@@ -263,11 +264,12 @@ def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None
     first_value = _value(parts[0], first) if _is_computed(parts[0]) else None
     sample = first_value if first_value is not None else parts[0].cropped(first.x)
     total = sum(part.channels for part in parts)
-    out = torch.empty(
+    out = buffer_pool.empty(
         (sample.shape[0], total, *sample.shape[2:]),
         dtype=sample.dtype,
         device=sample.device,
         memory_format=layout_of(sample),
+        transient=True,
     )
     start = 0
     for index, part in enumerate(parts):
@@ -347,7 +349,7 @@ def _value_backward(
     if part.crop is not None:
         # The normalisation saw the whole tensor: its backward runs over the whole tensor
         # with zero gradient outside the crop.
-        full = torch.zeros_like(x)
+        full = buffer_pool.empty_like(x, transient=True).zero_()
         part.cropped(full).copy_(grad_y)
         grad_y = full
     grad_norm_w = grad_norm_b = None
@@ -424,7 +426,10 @@ class _NormActConvFunction(torch.autograd.Function):
         part_params, weight, bias = tensors[:-2], tensors[-2], tensors[-1]
         assert weight is not None
         y = normalize_parts(parts, part_params)
+        # The consumer usually keeps the output until backward (the next part's tensor):
+        # a pooled block, so malloc's heap holds only transients (see buffer_pool).
         out = conv_forward(conv, y, weight, bias)
+        out = buffer_pool.moved_to_pool(out)
         ctx.conv = conv
         ctx.layout = layout_of(y)  # the input's: the backend may give a few-channel output another
         # The parts' tensors are saved below; ctx keeps only their descriptions.
