@@ -177,9 +177,11 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="ENV[,ENV...]",
         help="C-allocator environments of the children, one resident column each (the "
         "first also gives the time and live figures): user (default: the environment "
-        "as you have it, with the glibc mmap threshold import concatnets pins), glibc "
-        "(CONCATNETS_MALLOC=system: glibc's own dynamic threshold), fixed (the MALLOC_* "
-        "settings of earlier benchmarks)",
+        "as you have it; import concatnets leaves glibc alone unless CONCATNETS_MALLOC "
+        "says otherwise), glibc (CONCATNETS_MALLOC=system: glibc's own dynamic "
+        "threshold, whatever your environment says), pool (CONCATNETS_MALLOC=pool: the "
+        "engine's buffer pool), pinned (CONCATNETS_MALLOC=pinned: the mmap threshold "
+        "pinned at 128 KiB), fixed (the MALLOC_* settings of earlier benchmarks)",
     )
     how.add_argument(
         "--timeout", type=float, help="seconds before a child is killed (default: none)"

@@ -38,6 +38,8 @@ _RATIO_KEYS = {
 ALLOCATOR_LABELS = {
     "user": "resident MiB, user env",
     "glibc": "resident MiB, glibc defaults",
+    "pool": "resident MiB, engine buffer pool",
+    "pinned": "resident MiB, pinned mmap threshold",
     "fixed": "resident MiB, fixed MALLOC_*",
 }
 
