@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from concatnets.engine.layout import layout_of
 from concatnets.engine.precision import is_reduced
-from concatnets.engine.stats import scale_shift_act
+from concatnets.engine.stats import relu_, scale_shift_act
 
 __all__ = [
     "GroupStats",
@@ -95,7 +95,7 @@ def group_norm_forward(
     y, mean, invstd = torch.native_group_norm(
         _kernel_input(x, weight), weight, bias, *_sizes(x), groups, module.eps
     )
-    return y.to(x.dtype).relu_(), GroupStats(mean, invstd, groups)
+    return relu_(y.to(x.dtype)), GroupStats(mean, invstd, groups)
 
 
 def _per_channel(stat: Tensor, channels: int) -> Tensor:
