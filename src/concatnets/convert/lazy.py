@@ -30,7 +30,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from concatnets.convert.installed import is_converted
-from concatnets.convert.record import Node, Program, Ref
+from concatnets.convert.record import Node, Program, Ref, map_nested
 from concatnets.engine import NormActPart, norm_act_conv, norm_stats
 from concatnets.engine.activation import (
     ELU_KIND,
@@ -256,17 +256,15 @@ class _Replay:
 
     # Values ---------------------------------------------------------------------------
     def resolve(self, template: Any, lazy: bool) -> Any:
-        if isinstance(template, Ref):
-            value = self.values[template.node]
-            for index in template.path:
+        def value_of(leaf: Any) -> Any:
+            if not isinstance(leaf, Ref):
+                return leaf
+            value = self.values[leaf.node]
+            for index in leaf.path:
                 value = value[index]
             return value if lazy else self.materialize(value)
-        if isinstance(template, list | tuple):
-            items = [self.resolve(t, lazy) for t in template]
-            return items if isinstance(template, list) else tuple(items)
-        if isinstance(template, dict):
-            return {k: self.resolve(v, lazy) for k, v in template.items()}
-        return template
+
+        return map_nested(template, value_of)
 
     def materialize(self, value: Any) -> Any:
         if not isinstance(value, Lazy):

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from concatnets.convert.installed import is_converted
 from concatnets.convert.probe import preserved_state
 
-__all__ = ["Node", "Program", "RecordError", "Ref", "record", "signature"]
+__all__ = ["Node", "Program", "RecordError", "Ref", "map_nested", "record", "signature"]
 
 # Torch calls whose non-tensor result depends only on metadata fixed by the signature.
 _METADATA = frozenset(
@@ -128,6 +128,17 @@ def signature(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     )
 
 
+def map_nested(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with ``leaf`` applied to everything inside its lists, tuples and dicts
+    (the containers keep their kind; anything else is a leaf)."""
+    if isinstance(value, list | tuple):
+        items = [map_nested(v, leaf) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {k: map_nested(v, leaf) for k, v in value.items()}
+    return leaf(value)
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -143,22 +154,21 @@ class _Recorder(TorchFunctionMode):
     def template(self, value: Any, reads: list[tuple[int, bool]]) -> Any:
         """``value`` with each tensor replaced by its :class:`Ref`; ``reads`` gets
         ``(node, whether the tensor changed in place since it was produced)``."""
-        if isinstance(value, Tensor):
-            known = self.produced.get(id(value))
-            if known is None or known[0]() is not value:
-                name = self.named.get(id(value))
-                node = Node("const", value) if name is None else Node("param", name)
+
+        def ref_of(leaf: Any) -> Any:
+            if not isinstance(leaf, Tensor):
+                return leaf
+            known = self.produced.get(id(leaf))
+            if known is None or known[0]() is not leaf:
+                name = self.named.get(id(leaf))
+                node = Node("const", leaf) if name is None else Node("param", name)
                 self.nodes.append(node)
-                known = self.remember(value, Ref(len(self.nodes) - 1))
+                known = self.remember(leaf, Ref(len(self.nodes) - 1))
             _, ref, version = known
-            reads.append((ref.node, value._version != version))
+            reads.append((ref.node, leaf._version != version))
             return ref
-        if isinstance(value, list | tuple):
-            items = [self.template(v, reads) for v in value]
-            return items if isinstance(value, list) else tuple(items)
-        if isinstance(value, dict):
-            return {k: self.template(v, reads) for k, v in value.items()}
-        return value
+
+        return map_nested(value, ref_of)
 
     def remember(self, tensor: Tensor, ref: Ref) -> tuple[weakref.ref[Tensor], Ref, int]:
         entry = (weakref.ref(tensor), ref, tensor._version)
@@ -249,20 +259,15 @@ def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
     def place(value: Any) -> Any:
         nonlocal count
-        if isinstance(value, Tensor):
-            ref = Ref(len(recorder.nodes))
-            recorder.nodes.append(Node("input", count))
-            recorder.remember(value, ref)
-            count += 1
-            return ref
-        if isinstance(value, list | tuple):
-            items = [place(v) for v in value]
-            return items if isinstance(value, list) else tuple(items)
-        if isinstance(value, dict):
-            return {k: place(v) for k, v in value.items()}
-        return value
+        if not isinstance(value, Tensor):
+            return value
+        ref = Ref(len(recorder.nodes))
+        recorder.nodes.append(Node("input", count))
+        recorder.remember(value, ref)
+        count += 1
+        return ref
 
-    template = place((args, kwargs))
+    template = map_nested((args, kwargs), place)
     try:
         with preserved_state(module), recorder:
             output = type(module).forward(module, *args, **kwargs)
