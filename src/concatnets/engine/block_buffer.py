@@ -571,8 +571,9 @@ def run_dense_block(
         )
     specs = [dense_layer_spec(layer) for layer in layers]
     _check_layers(specs, sum(int(part.shape[1]) for part in parts))
-    for part in parts if specs else ():
-        check_input_dtype(part, specs[0].conv1.weight, "dense block")
+    if specs:
+        for part in parts:
+            check_input_dtype(part, specs[0].conv1.weight, "dense block")
     return in_engine_precision(
         parts[0].device,
         lambda cast: _dense_block([cast(p) for p in parts], moments, specs, policy),
