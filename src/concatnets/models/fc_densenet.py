@@ -110,16 +110,23 @@ class DenseBlock(nn.Module):
         return features.narrow(1, features.shape[1] - grown, grown)
 
     def forward_engine(
-        self, inputs: Sequence[Tensor], moments: Sequence[ChannelMoments | None]
+        self,
+        inputs: Sequence[Tensor],
+        moments: Sequence[ChannelMoments | None],
+        spare_channels: int = 0,
     ) -> DenseBlockOutput:
         """The engine's forward: one buffer ``[*inputs, new maps]`` and its channels' moments.
 
         ``moments`` gives, per input, its per-channel batch moments when known (None to
         measure them). The new maps are the buffer's last ``num_layers * growth_rate``
-        channels, a view.
+        channels, a view. ``spare_channels`` reserves room after the output for the block
+        that starts from it (:func:`~concatnets.engine.run_dense_block`).
         """
         return run_dense_block(
-            inputs, [layer.spec() for layer in self.layers], input_moments=moments
+            inputs,
+            [layer.spec() for layer in self.layers],
+            input_moments=moments,
+            spare_channels=spare_channels,
         )
 
 
@@ -284,8 +291,12 @@ class FCDenseNet(MemoryModeModel):
         """:meth:`_decode` on the engine: each block's output is its buffer
         ``[inputs, new maps]``; the up path upsamples a view of the new maps."""
         skips: list[DenseBlockOutput] = []
-        for block, down in zip(self.down_blocks, self.transitions_down, strict=True):
-            skip = block.forward_engine([x], [None])  # buffer (N, skip_l, *spatial_l)
+        for block, down, spare in zip(
+            self.down_blocks, self.transitions_down, self._up_block_growth(), strict=True
+        ):
+            # The buffer (N, skip_l, *spatial_l), with room after it for the matching up
+            # block's [upsampled, new maps]: that block starts from the skip in place.
+            skip = block.forward_engine([x], [None], spare)
             skips.append(skip)
             x = down.forward_engine(*skip)
         before = self.bottleneck
@@ -297,6 +308,13 @@ class FCDenseNet(MemoryModeModel):
             out = block.forward_engine([skip.features, up(new)], [skip.moments, None])
             before = block
         return out.features  # (N, skip_0 + upsampled + new, *padded)
+
+    def _up_block_growth(self) -> list[int]:
+        """Per level, finest first, the channels its up block adds after the skip: the
+        upsampled maps and the block's new maps."""
+        pairs = zip(self.transitions_up, self.up_blocks, strict=True)
+        growth = [up.conv.out_channels + len(b.layers) * b.growth_rate for up, b in pairs]
+        return growth[::-1]  # up_blocks[0] is at the coarsest level
 
     def _check_input(self, x: Tensor) -> None:
         _check_input(type(self).__name__, x, self.spatial_dims, self.in_channels)
