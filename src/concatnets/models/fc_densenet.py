@@ -12,10 +12,11 @@ Registered variants (paper Sec. 4): ``fc_densenet56`` (4 layers per block, k = 1
 ``fc_densenet67`` (5 layers, k = 16), ``fc_densenet103`` (4-5-7-10-12, bottleneck 15,
 k = 16). Memory modes (:mod:`concatnets.models._memory_mode`): ``False`` (plain),
 ``"checkpoint"`` (``torch.utils.checkpoint`` per dense layer) and ``True``, the memory
-engine: every dense block runs on one shared buffer (:func:`concatnets.engine.run_dense_block`),
-each up-path block starting from the parts ``[skip, upsampled]`` written once into its
-buffer, and each block's per-channel moments handed to the normalisations that read its
-output next (the transition down, and the up-path block that reads it as its skip).
+engine: every dense block runs on one shared buffer (:func:`concatnets.engine.run_dense_block`);
+a down block's buffer has room after it for ``[upsampled, new maps]`` of the up-path block
+at its level, which starts from ``[skip, upsampled]`` in that storage (the skip is stored
+once, never copied); each block's per-channel moments go to the normalisations that read
+its output next (the transition down, and the up-path block that reads it as its skip).
 The transition down's dropout and pooling keep only each window's argmax offset and
 dropout bit (:mod:`concatnets.models._dropout_pool`), not the full-resolution map.
 """
