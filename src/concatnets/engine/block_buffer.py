@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from concatnets.engine import buffer_pool
 from concatnets.engine.conv import conv_backward, conv_forward
@@ -108,6 +109,10 @@ def _check_layers(layers: Sequence[DenseLayerSpec], in_channels: int) -> None:
         channels += layer.growth
 
 
+# Arguments of _DenseBlockFunction.forward before the tensors (layers ... num_parts).
+_NON_TENSOR_ARGS = 5
+
+
 class _DenseBlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -115,6 +120,7 @@ class _DenseBlockFunction(torch.autograd.Function):
         layers: Sequence[DenseLayerSpec],
         policy: BottleneckPolicy,
         part_moments: Sequence[ChannelMoments | None],
+        spare_channels: int,
         num_parts: int,
         *tensors: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -127,6 +133,7 @@ class _DenseBlockFunction(torch.autograd.Function):
             params,
             policy=policy,
             record=True,
+            spare_channels=spare_channels,
         )
         ctx.layers = layers
         ctx.part_channels = [int(p.shape[1]) for p in parts]  # type: ignore[union-attr]
@@ -183,11 +190,11 @@ class _DenseBlockFunction(torch.autograd.Function):
         part_grads: list[Tensor | None] = []
         start = 0
         for index, width in enumerate(ctx.part_channels):
-            needed = ctx.needs_input_grad[4 + index]
+            needed = ctx.needs_input_grad[_NON_TENSOR_ARGS + index]
             grad = grad_buffer.narrow(1, start, width)
             part_grads.append(_pooled(grad.shape, grad).copy_(grad) if needed else None)
             start += width
-        return (None, None, None, None, *part_grads, *param_grads)
+        return (*[None] * _NON_TENSOR_ARGS, *part_grads, *param_grads)
 
 
 def _chunks(channels: int, width: int) -> list[tuple[int, int]]:
@@ -290,23 +297,63 @@ def _first_conv(
     return out
 
 
+# A block output run with spare channels -> the whole buffer it is the first channels
+# of, for the one later block that starts from that output (see run_dense_block).
+_SPARE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _alias(full: Tensor, channels: int) -> Tensor:
+    """The first ``channels`` channels of ``full`` as a tensor with a version counter of
+    its own (not a view): writing ``full``'s other channels later does not bump it, so
+    autograd's check on a saved alias stays quiet. Those writes never touch its values."""
+    view = full.narrow(1, 0, channels)
+    alias = full.new_empty(0)
+    return alias.set_(full.untyped_storage(), view.storage_offset(), view.shape, view.stride())
+
+
+def _reserved_buffer(first: Tensor, channels: int) -> Tensor | None:
+    """The buffer reserved after ``first`` (a block output run with spare channels) when it
+    has at least ``channels`` channels; the reservation serves one block only."""
+    full = _SPARE.get(first)
+    if full is None or full.shape[1] < channels:
+        return None
+    del _SPARE[first]
+    same = first.data_ptr() == full.data_ptr() and first.stride() == full.stride()
+    return full if same and first.dtype == full.dtype else None
+
+
 def _write_parts(
     parts: Sequence[Tensor],
     part_moments: Sequence[ChannelMoments | None],
     total: int,
     need_moments: bool,
+    spare_channels: int = 0,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The block's buffer with the parts written into its first channels, and the
-    per-channel moments tensors (parts' moments filled in, handed in or computed)."""
+    per-channel moments tensors (parts' moments filled in, handed in or computed).
+
+    When the first part is a block output with enough spare channels reserved after it,
+    the buffer is that storage and the first part is not copied. With ``spare_channels``
+    the buffer is allocated (or taken) that much wider and the extra channels reserved
+    for the next block that starts from this one's output.
+    """
     first = parts[0]
-    buffer = _pooled((first.shape[0], total, *first.shape[2:]), first)  # (N, C0 + L*k, *spatial)
+    full = _reserved_buffer(first, total + spare_channels)
+    written = 1 if full is not None else 0  # parts already in place
+    if full is None:
+        shape = (first.shape[0], total + spare_channels, *first.shape[2:])
+        full = _pooled(shape, first)  # (N, C0 + L*k + spare, *spatial)
+    buffer = full if full.shape[1] == total else _alias(full, total)
+    if spare_channels:
+        _SPARE[buffer] = full
     moments_dtype = stats_dtype(first.dtype)  # float32 under autocast
     means = first.new_empty(total, dtype=moments_dtype) if need_moments else None
     variances = first.new_empty(total, dtype=moments_dtype) if need_moments else None
     start = 0
-    for part, known in zip(parts, part_moments, strict=True):
+    for index, (part, known) in enumerate(zip(parts, part_moments, strict=True)):
         width = part.shape[1]
-        buffer.narrow(1, start, width).copy_(part)
+        if index >= written:
+            buffer.narrow(1, start, width).copy_(part)
         if means is not None and variances is not None:
             m, v = known if known is not None else batch_moments(part)
             means[start : start + width], variances[start : start + width] = m, v
@@ -335,11 +382,14 @@ def _forward(
     *,
     policy: BottleneckPolicy,
     record: bool,
+    spare_channels: int = 0,
 ) -> tuple[Tensor, ChannelMoments | None, list[_LayerRecord]]:
     in_channels = sum(int(part.shape[1]) for part in parts)
     total = in_channels + sum(layer.growth for layer in layers)
     need_moments = any(uses_batch_stats(layer.norm1) for layer in layers)
-    buffer, means, variances = _write_parts(parts, part_moments, total, need_moments)
+    buffer, means, variances = _write_parts(
+        parts, part_moments, total, need_moments, spare_channels
+    )
     workspace = _Workspace(buffer, _workspace_numel(layers, buffer))
     records: list[_LayerRecord] = []
     channels = in_channels
@@ -537,6 +587,7 @@ def run_dense_block(
     *,
     input_moments: Sequence[ChannelMoments | None] | None = None,
     policy: BottleneckPolicy = "keep",
+    spare_channels: int = 0,
 ) -> DenseBlockOutput:
     """Run a dense block on a shared buffer; returns the buffer and its channels' moments.
 
@@ -552,6 +603,12 @@ def run_dense_block(
             memory linear in depth with slope ``bn_size * k``); ``"recompute"`` recomputes
             it in backward (one more 1x1 convolution per layer, least memory). Layers
             without a bottleneck store nothing either way.
+        spare_channels: Channels allocated after the output in the same storage and
+            reserved for the next block whose first input part is this output (e.g. an
+            FC-DenseNet down block's, for the up block that starts from ``[skip,
+            upsampled]``): that block writes its other parts and new maps there, so its
+            first part is neither copied nor stored twice. A reservation serves one block;
+            a block that starts from an output without one (or too narrow) copies it.
 
     Gradients are exact (same as the naive network up to floating-point rounding); double
     backward is not supported. Under ``torch.autocast`` the buffer, the bottleneck outputs
@@ -569,6 +626,12 @@ def run_dense_block(
             f"input_moments has {len(moments)} entries for {len(parts)} input parts; give "
             "one ChannelMoments or None per part"
         )
+    if (
+        not isinstance(spare_channels, int)
+        or isinstance(spare_channels, bool)
+        or spare_channels < 0
+    ):
+        raise ValueError(f"spare_channels must be a non-negative integer, got {spare_channels!r}")
     specs = [dense_layer_spec(layer) for layer in layers]
     _check_layers(specs, sum(int(part.shape[1]) for part in parts))
     if specs:
@@ -576,7 +639,7 @@ def run_dense_block(
             check_input_dtype(part, specs[0].conv1.weight, "dense block")
     return in_engine_precision(
         parts[0].device,
-        lambda cast: _dense_block([cast(p) for p in parts], moments, specs, policy),
+        lambda cast: _dense_block([cast(p) for p in parts], moments, specs, policy, spare_channels),
     )
 
 
@@ -595,6 +658,7 @@ def _dense_block(
     part_moments: list[ChannelMoments | None],
     layers: Sequence[DenseLayerSpec],
     policy: BottleneckPolicy,
+    spare_channels: int,
 ) -> DenseBlockOutput:
     params = [p for layer in layers for p in layer.weights()]
     needs_grad = torch.is_grad_enabled() and any(
@@ -603,10 +667,16 @@ def _dense_block(
     if not needs_grad:
         with torch.no_grad():
             buffer, moments, _ = _forward(
-                layers, parts, part_moments, params, policy=policy, record=False
+                layers,
+                parts,
+                part_moments,
+                params,
+                policy=policy,
+                record=False,
+                spare_channels=spare_channels,
             )
         return DenseBlockOutput(buffer, moments)
     buffer, mean, var = _DenseBlockFunction.apply(
-        layers, policy, part_moments, len(parts), *parts, *params
+        layers, policy, part_moments, spare_channels, len(parts), *parts, *params
     )
     return DenseBlockOutput(buffer, ChannelMoments(mean, var) if mean.numel() else None)

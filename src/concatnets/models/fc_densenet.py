@@ -10,12 +10,14 @@ is the concatenation of its input and its new maps (Table 2: 256 maps for FC-Den
 
 Registered variants (paper Sec. 4): ``fc_densenet56`` (4 layers per block, k = 12),
 ``fc_densenet67`` (5 layers, k = 16), ``fc_densenet103`` (4-5-7-10-12, bottleneck 15,
-k = 16). Memory modes (:mod:`concatnets.models._memory_mode`): ``False`` (plain),
+k = 16). The network's wiring is written once (``FCDenseNet._decode``) for every memory mode
+(:mod:`concatnets.models._memory_mode`): ``False`` (plain),
 ``"checkpoint"`` (``torch.utils.checkpoint`` per dense layer) and ``True``, the memory
-engine: every dense block runs on one shared buffer (:func:`concatnets.engine.run_dense_block`),
-each up-path block starting from the parts ``[skip, upsampled]`` written once into its
-buffer, and each block's per-channel moments handed to the normalisations that read its
-output next (the transition down, and the up-path block that reads it as its skip).
+engine: every dense block runs on one shared buffer (:func:`concatnets.engine.run_dense_block`);
+a down block's buffer has room after it for ``[upsampled, new maps]`` of the up-path block
+at its level, which starts from ``[skip, upsampled]`` in that storage (the skip is stored
+once, never copied); each block's per-channel moments go to the normalisations that read
+its output next (the transition down, and the up-path block that reads it as its skip).
 The transition down's dropout and pooling keep only each window's argmax offset and
 dropout bit (:mod:`concatnets.models._dropout_pool`), not the full-resolution map.
 """
@@ -23,6 +25,7 @@ dropout bit (:mod:`concatnets.models._dropout_pool`), not the full-resolution ma
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +33,6 @@ from torch import Tensor, nn
 
 from concatnets.engine import (
     ChannelMoments,
-    DenseBlockOutput,
     DenseLayerSpec,
     NormActPart,
     norm_act_conv,
@@ -41,7 +43,7 @@ from concatnets.models._dropout_pool import dropout_max_pool
 from concatnets.models._memory_mode import MemoryMode, MemoryModeModel, run_maybe_checkpointed
 from concatnets.models._registry import register_model
 
-__all__ = ["DenseBlock", "DenseLayer", "FCDenseNet", "TransitionDown", "TransitionUp"]
+__all__ = ["DenseBlock", "DenseLayer", "FCDenseNet", "Grown", "TransitionDown", "TransitionUp"]
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -76,8 +78,9 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Module):
     """``num_layers`` dense layers; layer ``l`` sees the block input and all earlier new maps.
 
-    The forward returns only the new maps (``num_layers * growth_rate`` channels); the
-    caller concatenates them to the input where the paper does (down path, last block).
+    The forward returns only the new maps (``num_layers * growth_rate`` channels), plain
+    modules; :meth:`grow` runs the block in any memory mode and also gives the
+    concatenation with its input where the paper uses it (down path, last block).
     """
 
     def __init__(
@@ -109,18 +112,53 @@ class DenseBlock(nn.Module):
         grown = len(self.layers) * self.growth_rate
         return features.narrow(1, features.shape[1] - grown, grown)
 
-    def forward_engine(
-        self, inputs: Sequence[Tensor], moments: Sequence[ChannelMoments | None]
-    ) -> DenseBlockOutput:
-        """The engine's forward: one buffer ``[*inputs, new maps]`` and its channels' moments.
+    def grow(
+        self,
+        inputs: Sequence[Tensor],
+        moments: Sequence[ChannelMoments | None] | None = None,
+        *,
+        mode: MemoryMode,
+        whole: bool = True,
+        spare_channels: int = 0,
+    ) -> Grown:
+        """The block in memory mode ``mode``: its new maps and, with ``whole``, the
+        concatenation ``[*inputs, new maps]`` (what the paper passes on in the down path and
+        after the last block).
 
-        ``moments`` gives, per input, its per-channel batch moments when known (None to
-        measure them). The new maps are the buffer's last ``num_layers * growth_rate``
-        channels, a view.
+        On the engine the block runs on one buffer (:func:`~concatnets.engine.run_dense_block`),
+        which is the concatenation; ``moments`` gives, per input, its batch moments when
+        known, and ``spare_channels`` reserves room after the buffer for the block that
+        starts from it. Otherwise plain modules run (``"checkpoint"``: each layer under
+        ``torch.utils.checkpoint``) and the concatenation is one ``torch.cat``.
         """
-        return run_dense_block(
-            inputs, [layer.spec() for layer in self.layers], input_moments=moments
-        )
+        if mode is True:
+            out = run_dense_block(
+                inputs,
+                [layer.spec() for layer in self.layers],
+                input_moments=moments,
+                spare_channels=spare_channels,
+            )
+            return Grown(out.features, self.new_maps(out.features), out.moments)
+        new = self(inputs, checkpoint=mode == "checkpoint")
+        if not whole:
+            return Grown(None, new, None)
+        features = torch.cat([*inputs, new], dim=1)
+        return Grown(features, self.new_maps(features), None)
+
+
+class Grown(NamedTuple):
+    """What :meth:`DenseBlock.grow` hands on.
+
+    Attributes:
+        features: ``[*inputs, new maps]`` ``(N, C0 + L * k, *spatial)`` when asked for
+            (always on the engine: the block's buffer), else None.
+        new: The new maps ``(N, L * k, *spatial)`` (a view of ``features`` when it exists).
+        moments: Batch moments of every channel of ``features`` (engine, training), else None.
+    """
+
+    features: Tensor | None
+    new: Tensor
+    moments: ChannelMoments | None
 
 
 class TransitionDown(nn.Module):
@@ -134,13 +172,15 @@ class TransitionDown(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.pool = _MAX_POOL[spatial_dims](2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.drop(self.conv(self.act(self.norm(x)))))  # (N, C, *spatial / 2)
-
-    def forward_engine(self, x: Tensor, moments: ChannelMoments | None) -> Tensor:
-        """The forward with BN and ReLU recomputed in backward from the statistics of ``x``
-        (``moments`` are its batch moments when the dense block before measured them);
-        the dropout and pooling keep only each window's argmax offset and dropout bit."""
+    def forward(
+        self, x: Tensor, moments: ChannelMoments | None = None, engine: bool = False
+    ) -> Tensor:
+        """``(N, C, *spatial / 2)``. With ``engine``, BN and ReLU are recomputed in backward
+        from the statistics of ``x`` (``moments``: its batch moments when the dense block
+        before measured them), and the dropout and pooling keep only each window's argmax
+        offset and dropout bit."""
+        if not engine:
+            return self.pool(self.drop(self.conv(self.act(self.norm(x)))))
         part = NormActPart(x, self.norm, norm_stats(self.norm, x, moments=moments))
         z = norm_act_conv([part], self.conv)  # (N, C, *spatial)
         kernel = int(self.pool.kernel_size)  # type: ignore[arg-type]
@@ -258,45 +298,39 @@ class FCDenseNet(MemoryModeModel):
         spatial = tuple(x.shape[2:])
         x = _pad_to_multiple(x, 2**self.depth)  # (N, in_channels, *padded)
         x = self.first_conv(x)  # (N, first_features, *padded)
-        if self.memory_efficient is True:
-            x = self._decode_engine(x)
-        else:
-            x = self._decode(x, checkpoint=self.memory_efficient == "checkpoint")
+        x = self._decode(x, self.memory_efficient)  # (N, skip_0 + upsampled + new, *padded)
         logits = self.head(x)  # (N, num_classes, *padded)
         return logits[(..., *(slice(0, s) for s in spatial))]  # (N, num_classes, *spatial)
 
-    def _decode(self, x: Tensor, checkpoint: bool) -> Tensor:
-        """Down path, bottleneck and up path on plain tensors: the last block's output."""
-        skips = []
-        for block, down in zip(self.down_blocks, self.transitions_down, strict=True):
-            x = torch.cat([x, block([x], checkpoint)], dim=1)  # (N, skip_l, *spatial_l)
-            skips.append(x)
-            x = down(x)
-        new = self.bottleneck([x], checkpoint)  # (N, bottleneck_layers * k, *coarsest)
-        for up, block, skip in zip(
-            self.transitions_up, self.up_blocks, reversed(skips), strict=True
+    def _decode(self, x: Tensor, mode: MemoryMode) -> Tensor:
+        """Down path, bottleneck and up path in memory mode ``mode``: the last block's
+        ``[skip, upsampled, new maps]``. Only the new maps of a block are upsampled."""
+        engine = mode is True
+        skips: list[Grown] = []
+        for block, down, spare in zip(
+            self.down_blocks, self.transitions_down, self._up_block_growth(), strict=True
         ):
-            parts = [skip, up(new)]
-            new = block(parts, checkpoint)  # (N, layers * k, *spatial_l)
-        return torch.cat([*parts, new], dim=1)  # (N, skip_0 + upsampled + new, *padded)
-
-    def _decode_engine(self, x: Tensor) -> Tensor:
-        """:meth:`_decode` on the engine: each block's output is its buffer
-        ``[inputs, new maps]``; the up path upsamples a view of the new maps."""
-        skips: list[DenseBlockOutput] = []
-        for block, down in zip(self.down_blocks, self.transitions_down, strict=True):
-            skip = block.forward_engine([x], [None])  # buffer (N, skip_l, *spatial_l)
+            # (N, skip_l, *spatial_l); on the engine with room after it for the matching up
+            # block's [upsampled, new maps], so that block starts from the skip in place.
+            skip = block.grow([x], [None], mode=mode, spare_channels=spare)
             skips.append(skip)
-            x = down.forward_engine(*skip)
-        before = self.bottleneck
-        out = before.forward_engine([x], [None])
-        for up, block, skip in zip(
-            self.transitions_up, self.up_blocks, reversed(skips), strict=True
+            x = down(skip.features, skip.moments, engine)  # (N, skip_l, *spatial_l / 2)
+        grown = self.bottleneck.grow([x], [None], mode=mode, whole=False)
+        last = len(self.up_blocks) - 1
+        for index, (up, block, skip) in enumerate(
+            zip(self.transitions_up, self.up_blocks, reversed(skips), strict=True)
         ):
-            new = before.new_maps(out.features)  # (N, layers * k, *spatial_l), a view
-            out = block.forward_engine([skip.features, up(new)], [skip.moments, None])
-            before = block
-        return out.features  # (N, skip_0 + upsampled + new, *padded)
+            parts = [skip.features, up(grown.new)]  # (N, skip_l + upsampled, *spatial_l)
+            grown = block.grow(parts, [skip.moments, None], mode=mode, whole=index == last)
+        assert grown.features is not None
+        return grown.features
+
+    def _up_block_growth(self) -> list[int]:
+        """Per level, finest first, the channels its up block adds after the skip: the
+        upsampled maps and the block's new maps."""
+        pairs = zip(self.transitions_up, self.up_blocks, strict=True)
+        growth = [up.conv.out_channels + len(b.layers) * b.growth_rate for up, b in pairs]
+        return growth[::-1]  # up_blocks[0] is at the coarsest level
 
     def _check_input(self, x: Tensor) -> None:
         _check_input(type(self).__name__, x, self.spatial_dims, self.in_channels)
