@@ -20,6 +20,13 @@ STAGES = {
     "pool_then_conv": {"pool": 2, "then_conv": "same"},
     "source_conv": {"source_conv": True},
     "source_conv_pool": {"source_conv": True, "pool": 2},
+    "crop_pool": {"crop": (slice(1, 7), slice(0, 6)), "pool": 2},
+    "crop_then_conv": {"crop": (slice(1, 5), slice(2, 6)), "then_conv": "same"},
+    "crop_pool_then_conv": {
+        "crop": (slice(2, 8), slice(1, 7)),
+        "pool": 2,
+        "then_conv": "transpose",
+    },
 }
 
 
@@ -165,12 +172,6 @@ def test_input_gradient_of_a_source_conv_is_skipped_when_not_needed() -> None:
     out = engine(chains, conv, inputs)  # inputs do not require grad
     (grad_weight,) = grads(out, [source.weight])
     assert grad_weight is not None and grad_weight.abs().sum() > 0
-
-
-def test_part_refuses_crop_with_pool() -> None:
-    x = torch.randn(1, 2, 4, 4)
-    with pytest.raises(ValueError, match="crop, or pool and then_conv"):
-        NormActPart(x, crop=(slice(0, 2), slice(0, 2)), pool=2)
 
 
 def test_part_refuses_a_bad_pool_kernel() -> None:

@@ -81,6 +81,38 @@ def test_the_engine_map_knows_its_shape_before_it_is_materialised() -> None:
     assert seen == {"pooled": (2, 3, 5, 4), "up": (2, 5, 10, 8)}
 
 
+class _CropPoolUp(nn.Module):
+    """A cropped activation pooled and up-convolved in one part, then read with a skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(2, 4, 3, bias=False)  # valid: 14 -> 12
+        self.norm_a = nn.BatchNorm2d(4)
+        self.up = nn.ConvTranspose2d(4, 3, 2, stride=2)
+        self.conv_b = nn.Conv2d(4 + 3, 2, 3, padding=1)
+
+    def forward(self, x: FeatureMap) -> FeatureMap:
+        a = vocab.activate(self.norm_a, nn.ReLU(), vocab.conv(x, self.conv_a))  # (N, 4, 12, 12)
+        cropped = vocab.center_crop(a, (8, 8))
+        up = vocab.conv(vocab.pool(cropped, nn.MaxPool2d(2)), self.up)  # crop, pool, up: 8x8
+        return vocab.conv(vocab.cat([cropped, up]), self.conv_b)
+
+
+def test_crop_pool_and_up_convolution_compose_in_one_part() -> None:
+    _run_both(_CropPoolUp(), (2, 2, 14, 14))
+    seen: list[tuple[int, ...]] = []
+    model = _CropPoolUp()
+
+    def forward(x: FeatureMap) -> FeatureMap:
+        a = vocab.activate(model.norm_a, nn.ReLU(), vocab.conv(x, model.conv_a))
+        pooled = vocab.pool(vocab.center_crop(a, (8, 8)), nn.MaxPool2d(2))
+        seen.append(tuple(pooled.shape))
+        return vocab.conv(pooled, model.up)
+
+    out = vocab.run(forward, torch.randn(2, 2, 14, 14), engine=True)
+    assert seen == [(2, 4, 4, 4)] and tuple(out.shape) == (2, 3, 8, 8)
+
+
 def _tiny_unet() -> UNet:
     return UNet(in_channels=1, num_classes=2, depth=1, features=4, memory_efficient=True)
 

@@ -123,9 +123,13 @@ def isa_line(isa: Mapping[str, Any]) -> str:
 
 
 def layouts_line(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The engine's layout decisions on one line (``none`` when no engine ran)."""
+    """The engine's layout decisions on one line.
+
+    Without rows no engine convolution chose a layout: either no engine ran, or only dense
+    blocks did, which compute in the memory format of their input.
+    """
     if not rows:
-        return "none (no engine convolution ran)"
+        return "none chosen (dense blocks compute in their input's memory format)"
     parts = []
     for row in rows:
         seconds = row.get("probe_seconds")

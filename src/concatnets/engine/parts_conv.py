@@ -40,8 +40,9 @@ class NormActPart:
     """One part of the concatenation a convolution reads.
 
     The part's value is ``relu(bn(x))``, where ``x`` is ``tensor`` or, with
-    ``source_conv``, ``source_conv(tensor)``; then, when set, cropped (``crop``),
-    max-pooled (``pool``) and convolved (``then_conv``): a U-Net's first convolution
+    ``source_conv``, ``source_conv(tensor)``; then, when set and in this order, cropped
+    (``crop``), max-pooled (``pool``), upsampled (``upsample``) and convolved
+    (``then_conv``), any of them together: a U-Net's first convolution
     (cheap to recompute from the image), a valid U-Net's skip crop, the encoder's pooling
     to the next level and the decoder's up-convolution. None of these results is stored;
     backward rebuilds them from ``tensor`` and the statistics.
@@ -87,14 +88,10 @@ class NormActPart:
     def __post_init__(self) -> None:
         if (self.norm is None) != (self.stats is None):
             raise ValueError("NormActPart needs stats exactly when it has a norm")
-        if self.crop is not None and (self.pool is not None or self.then_conv is not None):
-            raise ValueError("NormActPart takes crop, or pool and then_conv, not both")
         if self.pool is not None and self.pool < 1:
             raise ValueError(f"NormActPart pool must be a positive kernel size, got {self.pool}")
-        if self.upsample is not None and (self.upsample < 1 or self.crop is not None):
-            raise ValueError(
-                f"NormActPart upsample must be a positive factor without crop, got {self.upsample}"
-            )
+        if self.upsample is not None and self.upsample < 1:
+            raise ValueError(f"NormActPart upsample must be a positive factor, got {self.upsample}")
 
     @property
     def channels(self) -> int:

@@ -152,7 +152,10 @@ def _part_spatial(part: NormActPart) -> tuple[int, ...]:
     if part.crop is not None:
         size = tuple(s.stop - s.start for s in part.crop)
     if part.pool is not None:
-        size = tuple((s - part.pool) // part.pool + 1 for s in size)
+        stride, padding = part.pool_shape if part.pool_shape is not None else (part.pool, 0)
+        size = tuple((s + 2 * padding - part.pool) // stride + 1 for s in size)
+    if part.upsample is not None:
+        size = tuple(s * part.upsample for s in size)
     if part.then_conv is not None:
         size = _conv_size(part.then_conv, size)
     return size
@@ -234,7 +237,7 @@ def conv(x: FeatureMap, module: nn.Module) -> FeatureMap:
         return module(x)  # type: ignore[no-any-return]
     if not isinstance(module, _ConvNd):
         return module(x)  # type: ignore[no-any-return]  # torch calls on x raise
-    if len(x.parts) == 1 and x.parts[0].then_conv is None and x.parts[0].crop is None:
+    if len(x.parts) == 1 and x.parts[0].then_conv is None:
         pending = replace(x.parts[0], then_conv=module)
         return EngineMap((pending,), x.handoffs, x.network_input)
     return _raw(norm_act_conv(_readable(x), module))
@@ -331,8 +334,10 @@ def pool(x: FeatureMap, module: nn.Module) -> FeatureMap:
     part = _single(x, "pool()")
     if part.then_conv is not None:
         part = _raw(_materialize(x, "pool()")).parts[0]
-    if part.pool is not None or part.crop is not None:
-        raise _unsupported("pool() of a pooled or cropped map", "pool() of an activated map")
+    if part.pool is not None or part.upsample is not None:
+        raise _unsupported(
+            "pool() of a pooled or upsampled map", "pool() of an activated or cropped map"
+        )
     for handoff in x.handoffs:
         handoff.take()  # the pooling reads the activation as backward rebuilds it
     return EngineMap((replace(part, pool=kernel, value=None),))
