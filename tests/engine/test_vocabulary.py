@@ -117,11 +117,21 @@ def _tiny_unet() -> UNet:
     return UNet(in_channels=1, num_classes=2, depth=1, features=4, memory_efficient=True)
 
 
+@pytest.mark.parametrize("activation", [nn.LeakyReLU(0.1), nn.ELU(0.7)], ids=["leaky_relu", "elu"])
+def test_leaky_relu_and_elu_run_on_the_engine(activation: nn.Module) -> None:
+    _run_both(_Mixed(activation), (2, 2, 12, 12))
+    model = _tiny_unet().double()
+    model.encoder[0].act2 = activation
+    naive = copy.deepcopy(model).set_memory_efficient(False)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(model(x), naive(x))
+
+
 def test_an_activation_the_engine_lacks_raises_on_the_engine_only() -> None:
     model = _tiny_unet()
-    model.encoder[0].act2 = nn.LeakyReLU()
+    model.encoder[0].act2 = nn.GELU()
     x = torch.randn(1, 1, 8, 8)
-    with pytest.raises(EngineUnsupportedError, match=r"LeakyReLU.*memory_efficient=False"):
+    with pytest.raises(EngineUnsupportedError, match=r"GELU.*memory_efficient=False"):
         model(x)
     model.set_memory_efficient(False)
     assert model(x).shape == (1, 2, 8, 8)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from concatnets.engine.activation import Activation, activation_of_module
 from concatnets.engine.group_stats import group_norm_forward, is_group_norm
 from concatnets.engine.layout import to_layout
 from concatnets.engine.layout_choice import preferred_layout
@@ -265,12 +266,20 @@ def _cheap_to_recompute(module: _ConvNd) -> bool:
     return bool(module.transposed) or all(k == 1 for k in module.kernel_size)
 
 
-def _activation_flag(act: nn.Module) -> bool:
+def _activation_flag(act: nn.Module) -> bool | Activation:
+    """True for ReLU (fused with the normalisation), False for none, else the
+    :class:`Activation` (LeakyReLU with a non-negative slope, ELU) the engine rebuilds."""
     if isinstance(act, nn.ReLU):
         return True
     if isinstance(act, nn.Identity):
         return False
-    raise _unsupported(f"the activation {type(act).__name__}", "nn.ReLU and nn.Identity")
+    activation = activation_of_module(act)
+    if activation is None:
+        raise _unsupported(
+            f"the activation {act!r}",
+            "nn.ReLU, nn.LeakyReLU and nn.ELU (non-negative slope or alpha) and nn.Identity",
+        )
+    return activation
 
 
 def _check_norm(norm: nn.Module) -> None:
@@ -282,18 +291,21 @@ def _check_norm(norm: nn.Module) -> None:
     )
 
 
-def _normalized(norm: nn.Module, z: Tensor, activation: bool) -> tuple[NormActPart, Tensor | None]:
-    """``z`` under ``norm`` (and ReLU) as a part, statistics (and running stats) computed
-    once, and the forward's activation when the fused kernel gave it."""
+def _normalized(
+    norm: nn.Module, z: Tensor, activation: bool | Activation
+) -> tuple[NormActPart, Tensor | None]:
+    """``z`` under ``norm`` (and its activation) as a part, statistics (and running stats)
+    computed once, and the forward's activation when the fused ReLU kernel gave it."""
+    fused_relu = activation is True
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        if not activation:
-            return NormActPart(z, norm, norm_stats(norm, z), activation=False), None
+        if not fused_relu:
+            return NormActPart(z, norm, norm_stats(norm, z), activation=activation), None
         value, stats = norm_act_forward(norm, z, norm.weight, norm.bias)
         return NormActPart(z, norm, stats), value
     if is_group_norm(norm):  # group and instance norm: per-sample statistics
         value, group_stats = group_norm_forward(norm, z, norm.weight, norm.bias)
         part = NormActPart(z, norm, group_stats, activation=activation)
-        return part, (value if activation else None)
+        return part, (value if fused_relu else None)
     return NormActPart(z, activation=activation), None  # nn.Identity
 
 
