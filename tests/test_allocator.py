@@ -42,6 +42,14 @@ def test_pool_pools_engine_buffers_and_leaves_glibc_alone(monkeypatch: pytest.Mo
     assert calls == []
 
 
+def test_trim_leaves_glibc_settings_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(_allocator, "_glibc", lambda: _Recorder(calls))
+    setting = configure_allocator({ENV_VARIABLE: "trim"})
+    assert setting.trim and not setting.applied and not setting.pool
+    assert "malloc_trim" in setting.detail and calls == []
+
+
 def test_pinned_pins_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(_allocator, "_glibc", lambda: _Recorder(calls))
@@ -65,7 +73,7 @@ def test_pinned_off_glibc_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_a_bad_value_names_the_variable_and_the_fix() -> None:
     with pytest.raises(
-        ValueError, match=r"CONCATNETS_MALLOC='jemalloc'.*'system'.*'pool'.*'pinned'"
+        ValueError, match=r"CONCATNETS_MALLOC='jemalloc'.*'system'.*'pool'.*'trim'.*'pinned'"
     ):
         configure_allocator({ENV_VARIABLE: "jemalloc"})
 

@@ -180,7 +180,8 @@ def add_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
         "as you have it; import concatnets leaves glibc alone unless CONCATNETS_MALLOC "
         "says otherwise), glibc (CONCATNETS_MALLOC=system: glibc's own dynamic "
         "threshold, whatever your environment says), pool (CONCATNETS_MALLOC=pool: the "
-        "engine's buffer pool), pinned (CONCATNETS_MALLOC=pinned: the mmap threshold "
+        "engine's buffer pool), trim (CONCATNETS_MALLOC=trim: the engine gives piled-up "
+        "free heap pages back), pinned (CONCATNETS_MALLOC=pinned: the mmap threshold "
         "pinned at 128 KiB), fixed (the MALLOC_* settings of earlier benchmarks)",
     )
     how.add_argument(

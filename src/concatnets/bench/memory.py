@@ -37,6 +37,7 @@ from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
 from concatnets.bench.config import AMP_DTYPES, BenchConfig
 from concatnets.bench.environment import engine_layouts
 from concatnets.bench.live_tensors import LiveTensorPeak
+from concatnets.engine.heap_release import heap_release_stats
 from concatnets.engine.layout import channels_last_format
 
 __all__ = [
@@ -344,5 +345,6 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         "engine_layouts": engine_layouts(),
         "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
         "allocator_setting": allocator_setting().detail,
+        "heap_releases": heap_release_stats().releases,
         "amp": config.amp,
     }

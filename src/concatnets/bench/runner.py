@@ -37,6 +37,8 @@ __all__ = [
 #   user's environment says.
 # - pool: CONCATNETS_MALLOC=pool: the engine keeps its large CPU buffers in its own
 #   reused mappings (concatnets.engine.buffer_pool); glibc untouched.
+# - trim: CONCATNETS_MALLOC=trim: glibc untouched; the engine gives piled-up free heap
+#   pages back at its block boundaries (concatnets.engine.heap_release).
 # - pinned: CONCATNETS_MALLOC=pinned: glibc's mmap threshold pinned at 128 KiB for the
 #   whole process (resident follows live tensors; page faults for every model).
 # - fixed: the MALLOC_* settings earlier benchmarks used for every mode. The trim
@@ -45,6 +47,7 @@ ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
     "user": {},
     "glibc": {"CONCATNETS_MALLOC": "system"},
     "pool": {"CONCATNETS_MALLOC": "pool"},
+    "trim": {"CONCATNETS_MALLOC": "trim"},
     "pinned": {"CONCATNETS_MALLOC": "pinned"},
     "fixed": {
         "MALLOC_ARENA_MAX": "2",

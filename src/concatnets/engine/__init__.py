@@ -10,7 +10,9 @@ recomputed in backward). Its memory layout is
 chosen per machine; :func:`set_layout` and :func:`use_layout` override it and
 :func:`layout_decisions` shows what was chosen. With ``CONCATNETS_MALLOC=pool`` large CPU
 buffers come from a reused pool (:mod:`~concatnets.engine.buffer_pool`);
-:func:`release_buffers` gives its free blocks back to the OS.
+:func:`release_buffers` gives its free blocks back to the OS; with
+``CONCATNETS_MALLOC=trim`` the engine gives glibc's piled-up free heap pages back at its
+block boundaries (:mod:`~concatnets.engine.heap_release`, :func:`heap_release_stats`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from concatnets.engine.block_buffer import (
 from concatnets.engine.buffer_pool import release_buffers
 from concatnets.engine.dense_layer import ChannelMoments, DenseLayerLike, DenseLayerSpec
 from concatnets.engine.dropout import dropout
+from concatnets.engine.heap_release import heap_release_stats
 from concatnets.engine.layout_choice import layout_decisions, set_layout, use_layout
 from concatnets.engine.parts_conv import NormActPart, norm_act_conv
 from concatnets.engine.stats import NormStats, norm_stats
@@ -39,6 +42,7 @@ __all__ = [
     "NormStats",
     "dense_block",
     "dropout",
+    "heap_release_stats",
     "layout_decisions",
     "norm_act_conv",
     "norm_stats",

@@ -46,6 +46,7 @@ from concatnets.engine.dense_layer import (
     LayerWeights,
     dense_layer_spec,
 )
+from concatnets.engine.heap_release import release_if_piled_up
 from concatnets.engine.precision import (
     check_input_dtype,
     in_engine_precision,
@@ -124,6 +125,7 @@ class _DenseBlockFunction(torch.autograd.Function):
         num_parts: int,
         *tensors: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        release_if_piled_up()
         parts = tensors[:num_parts]
         params = tensors[num_parts:]
         buffer, moments, records = _forward(
@@ -156,6 +158,7 @@ class _DenseBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, *_moment_grads: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        release_if_piled_up()
         saved = ctx.saved_tensors
         layers: Sequence[DenseLayerSpec] = ctx.layers
         count = len(layers)

@@ -27,6 +27,7 @@ from concatnets.engine import buffer_pool
 from concatnets.engine.activation import Activation, activation_backward_, apply_activation_
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
+from concatnets.engine.heap_release import release_if_piled_up
 from concatnets.engine.layout import layout_of, to_layout
 from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.precision import check_input_dtype, in_engine_precision
@@ -420,6 +421,7 @@ class _NormActConvFunction(torch.autograd.Function):
         parts: Sequence[NormActPart],
         *tensors: Tensor | None,
     ) -> Tensor:
+        release_if_piled_up()
         part_params, weight, bias = tensors[:-2], tensors[-2], tensors[-1]
         assert weight is not None
         y = normalize_parts(parts, part_params)
@@ -436,6 +438,7 @@ class _NormActConvFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        release_if_piled_up()
         tensors = ctx.saved_tensors
         parts: Sequence[NormActPart] = ctx.parts
         weight, bias = tensors[-2], tensors[-1]
