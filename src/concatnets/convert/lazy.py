@@ -385,6 +385,10 @@ class _Replay:
             why = "its input has other readers"
         if why is None and isinstance(z, Lazy):
             why = "its input is not a stored tensor"
+        if why is None and not any(self.reads_lazily(user) for user in node.users):
+            # A residual sum's norm: kept lazily it would store the same input and
+            # recompute its value in backward for nothing.
+            why = "no reader keeps it unstored"
         if why is not None:
             self.log(False, f"{self.name(module)}: left plain: {why}")
             return None
@@ -400,6 +404,29 @@ class _Replay:
         with torch.no_grad():
             y, group = _group_stats(module, z)
         return Lazy((NormActPart(z, module, group, activation=False),), (_Box(y),), (label,))
+
+    def reads_lazily(self, index: int) -> bool:
+        """Whether node ``index`` may take a lazy value without materialising it (an
+        activation, pooling, upsampling, convolution, concatenation or pass-through)."""
+        if index >= len(self.program.nodes):
+            return False  # the output
+        reader = self.program.nodes[index]
+        if reader.kind == "leaf":
+            module = reader.target
+            return (
+                isinstance(module, (nn.Identity, nn.Upsample, *_DROPOUTS))
+                or (_plain(module) and activation_of_module(module) is not None)
+                or _pool_geometry(module) is not None
+                or _engine_conv(module)
+            )
+        if reader.kind != "call":
+            return False
+        func = reader.target
+        return (
+            func in _CATS
+            or func in (F.pad, F.interpolate)
+            or _activation_of_call(func, reader.args, reader.kwargs) is not None
+        )
 
     def next_is_relu(self, index: int) -> bool:
         users = self.program.nodes[index].users
