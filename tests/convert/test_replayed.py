@@ -81,8 +81,9 @@ def test_smp_unet(depth, convert_copy, assert_same_network) -> None:
         "cat(2) -> decoder.blocks.1.conv1.0 (decoder.blocks.0.conv2.1 -> relu -> nearest x2; "
     ) in details, str(report)
     assert "encoder.layer1.0.bn1 -> relu -> encoder.layer1.0.conv2" in details
-    # The stem's 3x3 stride-2 pooling (padding 1) is recomputed in backward too.
-    assert "encoder.bn1 -> relu -> encoder.maxpool -> encoder.layer1.0.conv1" in details
+    # The stem's 3x3 stride-2 pooling (padding 1), read whole by the first residual sum,
+    # is stored with its indices (not rebuilt three times); the activation before it not.
+    assert "encoder.bn1 -> relu -> encoder.maxpool: stored with its pooling" in str(report)
     # A residual sum's norm is read by the sum only: plain, stored as the original stores it.
     assert "encoder.layer1.0.bn2: left plain: no reader keeps it unstored" in str(report)
     assert_same_network(model, converted, x)

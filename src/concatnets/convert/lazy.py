@@ -30,6 +30,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from concatnets.convert.installed import is_converted
+from concatnets.convert.pooled import stored_pooling
 from concatnets.convert.record import Node, Program, Ref, map_nested
 from concatnets.engine import NormActPart, norm_act_conv, norm_stats
 from concatnets.engine.activation import (
@@ -341,10 +342,18 @@ class _Replay:
         pooling = _pool_geometry(module)
         part = x.single()
         if pooling is not None and part is not None and part.pool is None and _bare(part):
-            x.boxes[0].take()  # the pooling must see the activation backward rebuilds
+            # A lazy pooling must see the activation backward rebuilds: the forward's
+            # activation serves a stored pooling only.
+            handed = x.boxes[0].take()
             label = f"{x.labels[0]} -> {self.name(module)}"
             kernel, shape = pooling
             pooled = replace(part, pool=kernel, pool_shape=shape, value=None)
+            if not all(self.reads_lazily(user) for user in node.users):
+                # Something will read it whole (a residual sum): store it once.
+                stored = stored_pooling(replace(pooled, value=handed))
+                if stored is not None:
+                    self.log(False, f"{label}: stored with its pooling indices (read whole)")
+                    return stored
             return Lazy((pooled,), (_Box(),), (label,))
         if _engine_conv(module):
             return self.conv(module, x)  # type: ignore[arg-type]
