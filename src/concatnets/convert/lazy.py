@@ -42,6 +42,8 @@ from concatnets.engine.activation import (
     apply_activation_,
 )
 from concatnets.engine.group_stats import GroupStats
+from concatnets.engine.layout import to_layout
+from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.parts_conv import part_value
 from concatnets.engine.precision import is_reduced
 from concatnets.engine.stats import norm_act_forward
@@ -247,6 +249,8 @@ class _Replay:
         self.names = names
         self.events = events
         self.values: list[Any] = [None] * len(program.nodes)
+        # Random masks are drawn in memory order: another layout would draw others.
+        self.relayout = not any(_draws_random(node) for node in program.nodes)
 
     def name(self, module: nn.Module) -> str:
         return self.names.get(id(module), type(module).__name__)
@@ -310,11 +314,24 @@ class _Replay:
         return owner.users == [index] and not owner.mutated
 
     def step(self, index: int, node: Node) -> Any:
+        result = None
         if not node.mutated:
             result = self.leaf(index, node) if node.kind == "leaf" else self.call(index, node)
-            if result is not None:
-                return result
-        return self.plain(node)
+        if result is None:
+            result = self.plain(node)
+        if (
+            self.relayout
+            and isinstance(result, Tensor)
+            and node.kind == "leaf"
+            and isinstance(node.target, _ConvNd)
+            and result.dim() in (4, 5)
+        ):
+            # The engine's layout (channels-last where oneDNN computes in it: a default-
+            # layout convolution there copies its input and output gradient into
+            # channels-last internally, transients that are not tensors). Later
+            # convolutions then keep it; the output gets the original's back.
+            result = to_layout(result, preferred_layout(result))
+        return result
 
     def plain(self, node: Node) -> Any:
         args = self.resolve(node.args, lazy=False)
@@ -566,7 +583,28 @@ class _Replay:
                 left[owner] -= 1
                 if left[owner] == 0:
                     self.values[owner] = None
-        return self.resolve(self.program.output, lazy=False)
+        formats = iter(self.program.output_formats)
+
+        def original_format(value: Any) -> Any:
+            if not isinstance(value, Tensor):
+                return value
+            layout = next(formats, None)
+            return value if layout is None or value.dim() < 4 else to_layout(value, layout)
+
+        return map_nested(self.resolve(self.program.output, lazy=False), original_format)
+
+
+_RANDOM_CALLS = ("dropout", "bernoulli", "rand", "normal", "uniform", "multinomial", "exponential")
+
+
+def _draws_random(node: Node) -> bool:
+    """Whether the node may draw random numbers (a dropout, also inside a converted block)."""
+    if node.kind == "leaf":
+        return any(
+            isinstance(m, _DROPOUTS) and m.p > 0 and m.training for m in node.target.modules()
+        )
+    name = getattr(node.target, "__name__", "")
+    return node.kind == "call" and any(word in name for word in _RANDOM_CALLS)
 
 
 def _is_param(module: nn.Module, name: str) -> bool:
