@@ -249,8 +249,12 @@ class _Replay:
         self.names = names
         self.events = events
         self.values: list[Any] = [None] * len(program.nodes)
-        # Random masks are drawn in memory order: another layout would draw others.
-        self.relayout = not any(_draws_random(node) for node in program.nodes)
+        # Random masks are drawn in memory order: another layout would draw others; a
+        # converted dense block keeps its own buffers' layout (no copies at its borders).
+        self.relayout = not any(
+            _draws_random(node) or (node.kind == "leaf" and is_converted(node.target))
+            for node in program.nodes
+        )
 
     def name(self, module: nn.Module) -> str:
         return self.names.get(id(module), type(module).__name__)
@@ -365,8 +369,11 @@ class _Replay:
             label = f"{x.labels[0]} -> {self.name(module)}"
             kernel, shape = pooling
             pooled = replace(part, pool=kernel, pool_shape=shape, value=None)
-            if not all(self.reads_lazily(user) for user in node.users):
-                # Something will read it whole (a residual sum): store it once.
+            lazily = [self.reads_lazily(user) for user in node.users]
+            if any(lazily) and not all(lazily):
+                # A convolution and something that reads it whole (a residual sum): store
+                # it once rather than rebuild it for each (a whole reader alone, as a
+                # converted dense block, gets it recomputed and stores nothing more).
                 stored = stored_pooling(replace(pooled, value=handed))
                 if stored is not None:
                     self.log(False, f"{label}: stored with its pooling indices (read whole)")
