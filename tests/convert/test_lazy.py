@@ -120,9 +120,9 @@ def test_autocast_bf16_gradients_as_close_to_float64_as_the_original(build) -> N
 class _Plain(nn.Module):
     """conv -> conv (a stored map) -> BN -> ReLU -> conv: the second conv runs plain."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv0 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv0 = nn.Conv2d(channels, 4, 3, padding=1)
         self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
         self.norm = nn.BatchNorm2d(4)
         self.conv2 = nn.Conv2d(4, 2, 1)
@@ -131,22 +131,28 @@ class _Plain(nn.Module):
         return self.conv2(torch.relu(self.norm(self.conv1(self.conv0(x)))))
 
 
+# One input channel: the first output changes layout; three: the input does.
+@pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 def test_convolutions_run_in_the_engine_layout_and_the_output_in_the_original(
-    layout: str, convert_copy, assert_same_network
+    layout: str, channels: int, convert_copy, assert_same_network
 ) -> None:
     from concatnets.engine import use_layout
 
     torch.manual_seed(0)
-    model = _Plain().double()
-    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    model = _Plain(channels).double()
+    x = torch.randn(2, channels, 8, 8, dtype=torch.float64)
     seen: list[bool] = []
     with use_layout(layout):
         converted, _ = convert_copy(model, x)
         assert_same_network(model, converted, x)
-        converted.conv1.register_forward_pre_hook(
-            lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
-        )
+        for conv in (converted.conv0, converted.conv1):
+            conv.register_forward_pre_hook(
+                lambda _, args: seen.append(
+                    args[0].is_contiguous(memory_format=torch.channels_last)
+                    and not args[0].is_contiguous()
+                )
+            )
         out = converted(x)
-    assert seen[0] == (layout == "channels_last")
+    assert seen == [layout == "channels_last" and channels > 1, layout == "channels_last"]
     assert out.is_contiguous()

@@ -42,7 +42,7 @@ from concatnets.engine.activation import (
     apply_activation_,
 )
 from concatnets.engine.group_stats import GroupStats
-from concatnets.engine.layout import to_layout
+from concatnets.engine.layout import layout_of, to_layout
 from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.parts_conv import part_value
 from concatnets.engine.precision import is_reduced
@@ -353,6 +353,12 @@ class _Replay:
             isinstance(module, _DROPOUTS) and (not module.training or module.p == 0)
         ):
             return x
+        if self.relayout and isinstance(x, Tensor) and isinstance(module, _ConvNd):
+            # A stored input of several channels (an RGB image) takes the engine's layout
+            # before the convolution: cheaper than converting the wider output after.
+            layout = preferred_layout(x) if x.dim() in (4, 5) and x.shape[1] > 1 else None
+            if layout is not None and layout_of(x) != layout:
+                return module(to_layout(x, layout))
         if not isinstance(x, Lazy):
             # An activation of a stored tensor stays plain: kept lazily it would store its
             # input instead of its output, the same size, and cost recomputation.

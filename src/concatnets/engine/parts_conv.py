@@ -233,7 +233,7 @@ def _upsample_into(y: Tensor, factor: int, out: Tensor) -> None:
         dim = 2 + 2 * i
         target = target.unflatten(dim, (size, factor))
         source = source.unsqueeze(dim + 1)
-    target.copy_(source)
+    target.copy_(source.expand(target.shape))
 
 
 def _upsamples_into(part: NormActPart) -> bool:
