@@ -104,6 +104,19 @@ def test_new_input_shapes_and_modes_are_recorded_and_checked_on_first_call() -> 
     assert len(forward.programs) == 2 and all(p is not None for p in forward.programs.values())
 
 
+def test_a_bf16_autocast_call_stays_converted() -> None:
+    # Its replay keeps the model's layout: in bf16 another layout's kernels round
+    # differently and the replay's check against the module's forward would refuse it.
+    torch.manual_seed(0)
+    model = _smp_unet(encoder_depth=3, decoder_channels=(16, 8, 8)).float()
+    converted = concatnets.memory_efficient(model, example_input=torch.randn(2, 3, 64, 64))
+    forward = converted.__dict__["forward"]
+    assert isinstance(forward, ReplayForward)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        converted(torch.randn(2, 3, 64, 64)).float().sum().backward()
+    assert len(forward.programs) == 2 and all(p is not None for p in forward.programs.values())
+
+
 def test_restore_second_conversion_and_pickle() -> None:
     model = _basic_unet(features=(4, 4, 8, 8, 16, 4))
     x = torch.randn(2, 1, 32, 32, dtype=torch.float64)
