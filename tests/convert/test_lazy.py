@@ -41,7 +41,8 @@ def test_residual_sum_of_a_lazy_map(convert_copy, assert_same_network) -> None:
     assert "norm0 -> relu -> conv1" in text
     # The LeakyReLU of the sum stays plain (kept lazily it would store the sum instead).
     assert "1 convolution(s) read maps not stored" in text
-    assert "norm1 read by add_: materialised" in text
+    # Its norm is read by the sum only: it stays plain (stored as the original stores it).
+    assert "norm1: left plain: no reader keeps it unstored" in text
     assert_same_network(model, converted, x)
 
 
@@ -114,3 +115,44 @@ def test_autocast_bf16_gradients_as_close_to_float64_as_the_original(build) -> N
         scale = max(float(exact.norm()), average if name not in ("input", "all") else 0.0)
         bound = 2 * float((plain - exact).norm()) + 2**-8 * scale
         assert float((actual - exact).norm()) <= bound, name
+
+
+class _Plain(nn.Module):
+    """conv -> conv (a stored map) -> BN -> ReLU -> conv: the second conv runs plain."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(torch.relu(self.norm(self.conv1(self.conv0(x)))))
+
+
+# One input channel: the first output changes layout; three: the input does.
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_convolutions_run_in_the_engine_layout_and_the_output_in_the_original(
+    layout: str, channels: int, convert_copy, assert_same_network
+) -> None:
+    from concatnets.engine import use_layout
+
+    torch.manual_seed(0)
+    model = _Plain(channels).double()
+    x = torch.randn(2, channels, 8, 8, dtype=torch.float64)
+    seen: list[bool] = []
+    with use_layout(layout):
+        converted, _ = convert_copy(model, x)
+        assert_same_network(model, converted, x)
+        for conv in (converted.conv0, converted.conv1):
+            conv.register_forward_pre_hook(
+                lambda _, args: seen.append(
+                    args[0].is_contiguous(memory_format=torch.channels_last)
+                    and not args[0].is_contiguous()
+                )
+            )
+        out = converted(x)
+    assert seen == [layout == "channels_last" and channels > 1, layout == "channels_last"]
+    assert out.is_contiguous()

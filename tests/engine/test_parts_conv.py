@@ -11,13 +11,15 @@ from torch import Tensor, nn
 
 from concatnets.engine import NormActPart, norm_act_conv, norm_stats
 
-# One part's stages: source conv -> batch norm -> ReLU -> crop -> pool -> then conv.
+# One part's stages: source conv -> batch norm -> ReLU -> crop -> pool -> upsample -> then conv.
 STAGES = {
     "plain": {},
     "crop": {"crop": (slice(1, 5), slice(2, 6))},
     "pool": {"pool": 2},
     "then_conv": {"then_conv": "transpose"},
     "pool_then_conv": {"pool": 2, "then_conv": "same"},
+    "upsample": {"upsample": 2},
+    "pool_upsample": {"pool": 2, "upsample": 4},
     "source_conv": {"source_conv": True},
     "source_conv_pool": {"source_conv": True, "pool": 2},
     "crop_pool": {"crop": (slice(1, 7), slice(0, 6)), "pool": 2},
@@ -56,6 +58,9 @@ class Chain(nn.Module):
             y = y[(slice(None), slice(None), *crop)]  # type: ignore[misc]
         if self.stages.get("pool"):
             y = F.max_pool2d(y, 2)
+        factor = self.stages.get("upsample")
+        if factor:
+            y = F.interpolate(y, scale_factor=factor, mode="nearest")
         return y if self.then is None else self.then(y)
 
     def part(self, x: Tensor) -> NormActPart:
@@ -68,6 +73,7 @@ class Chain(nn.Module):
             source_conv=self.source,
             crop=self.stages.get("crop"),  # type: ignore[arg-type]
             pool=self.stages.get("pool"),  # type: ignore[arg-type]
+            upsample=self.stages.get("upsample"),  # type: ignore[arg-type]
             then_conv=self.then,
         )
 

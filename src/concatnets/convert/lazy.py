@@ -30,6 +30,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from concatnets.convert.installed import is_converted
+from concatnets.convert.pooled import stored_pooling
 from concatnets.convert.record import Node, Program, Ref, map_nested
 from concatnets.engine import NormActPart, norm_act_conv, norm_stats
 from concatnets.engine.activation import (
@@ -41,6 +42,8 @@ from concatnets.engine.activation import (
     apply_activation_,
 )
 from concatnets.engine.group_stats import GroupStats
+from concatnets.engine.layout import layout_of, to_layout
+from concatnets.engine.layout_choice import preferred_layout
 from concatnets.engine.parts_conv import part_value
 from concatnets.engine.precision import is_reduced
 from concatnets.engine.stats import norm_act_forward
@@ -246,6 +249,12 @@ class _Replay:
         self.names = names
         self.events = events
         self.values: list[Any] = [None] * len(program.nodes)
+        # Random masks are drawn in memory order: another layout would draw others; a
+        # converted dense block keeps its own buffers' layout (no copies at its borders).
+        self.relayout = not any(
+            _draws_random(node) or (node.kind == "leaf" and is_converted(node.target))
+            for node in program.nodes
+        )
 
     def name(self, module: nn.Module) -> str:
         return self.names.get(id(module), type(module).__name__)
@@ -309,11 +318,24 @@ class _Replay:
         return owner.users == [index] and not owner.mutated
 
     def step(self, index: int, node: Node) -> Any:
+        result = None
         if not node.mutated:
             result = self.leaf(index, node) if node.kind == "leaf" else self.call(index, node)
-            if result is not None:
-                return result
-        return self.plain(node)
+        if result is None:
+            result = self.plain(node)
+        if (
+            self.relayout
+            and isinstance(result, Tensor)
+            and node.kind == "leaf"
+            and isinstance(node.target, _ConvNd)
+            and result.dim() in (4, 5)
+        ):
+            # The engine's layout (channels-last where oneDNN computes in it: a default-
+            # layout convolution there copies its input and output gradient into
+            # channels-last internally, transients that are not tensors). Later
+            # convolutions then keep it; the output gets the original's back.
+            result = to_layout(result, preferred_layout(result))
+        return result
 
     def plain(self, node: Node) -> Any:
         args = self.resolve(node.args, lazy=False)
@@ -331,6 +353,12 @@ class _Replay:
             isinstance(module, _DROPOUTS) and (not module.training or module.p == 0)
         ):
             return x
+        if self.relayout and isinstance(x, Tensor) and isinstance(module, _ConvNd):
+            # A stored input of several channels (an RGB image) takes the engine's layout
+            # before the convolution: cheaper than converting the wider output after.
+            layout = preferred_layout(x) if x.dim() in (4, 5) and x.shape[1] > 1 else None
+            if layout is not None and layout_of(x) != layout:
+                return module(to_layout(x, layout))
         if not isinstance(x, Lazy):
             # An activation of a stored tensor stays plain: kept lazily it would store its
             # input instead of its output, the same size, and cost recomputation.
@@ -341,10 +369,21 @@ class _Replay:
         pooling = _pool_geometry(module)
         part = x.single()
         if pooling is not None and part is not None and part.pool is None and _bare(part):
-            x.boxes[0].take()  # the pooling must see the activation backward rebuilds
+            # A lazy pooling must see the activation backward rebuilds: the forward's
+            # activation serves a stored pooling only.
+            handed = x.boxes[0].take()
             label = f"{x.labels[0]} -> {self.name(module)}"
             kernel, shape = pooling
             pooled = replace(part, pool=kernel, pool_shape=shape, value=None)
+            lazily = [self.reads_lazily(user) for user in node.users]
+            if any(lazily) and not all(lazily):
+                # A convolution and something that reads it whole (a residual sum): store
+                # it once rather than rebuild it for each (a whole reader alone, as a
+                # converted dense block, gets it recomputed and stores nothing more).
+                stored = stored_pooling(replace(pooled, value=handed))
+                if stored is not None:
+                    self.log(False, f"{label}: stored with its pooling indices (read whole)")
+                    return stored
             return Lazy((pooled,), (_Box(),), (label,))
         if _engine_conv(module):
             return self.conv(module, x)  # type: ignore[arg-type]
@@ -385,6 +424,10 @@ class _Replay:
             why = "its input has other readers"
         if why is None and isinstance(z, Lazy):
             why = "its input is not a stored tensor"
+        if why is None and not any(self.reads_lazily(user) for user in node.users):
+            # A residual sum's norm: kept lazily it would store the same input and
+            # recompute its value in backward for nothing.
+            why = "no reader keeps it unstored"
         if why is not None:
             self.log(False, f"{self.name(module)}: left plain: {why}")
             return None
@@ -400,6 +443,29 @@ class _Replay:
         with torch.no_grad():
             y, group = _group_stats(module, z)
         return Lazy((NormActPart(z, module, group, activation=False),), (_Box(y),), (label,))
+
+    def reads_lazily(self, index: int) -> bool:
+        """Whether node ``index`` may take a lazy value without materialising it (an
+        activation, pooling, upsampling, convolution, concatenation or pass-through)."""
+        if index >= len(self.program.nodes):
+            return False  # the output
+        reader = self.program.nodes[index]
+        if reader.kind == "leaf":
+            module = reader.target
+            return (
+                isinstance(module, (nn.Identity, nn.Upsample, *_DROPOUTS))
+                or (_plain(module) and activation_of_module(module) is not None)
+                or _pool_geometry(module) is not None
+                or _engine_conv(module)
+            )
+        if reader.kind != "call":
+            return False
+        func = reader.target
+        return (
+            func in _CATS
+            or func in (F.pad, F.interpolate)
+            or _activation_of_call(func, reader.args, reader.kwargs) is not None
+        )
 
     def next_is_relu(self, index: int) -> bool:
         users = self.program.nodes[index].users
@@ -506,6 +572,13 @@ class _Replay:
         nodes = self.program.nodes
         inputs: list[Tensor] = []
         _flatten((args, kwargs), inputs)
+        # In float16/bfloat16 another layout's kernels round differently, and the replay
+        # would drift from the module's own forward by more than its check allows.
+        self.relayout = self.relayout and not any(
+            torch.is_autocast_enabled(t.device.type) or is_reduced(t.dtype)
+            for t in inputs
+            if t.is_floating_point()
+        )
         reads: list[list[int]] = [[] for _ in nodes]
         for owner, node in enumerate(nodes):
             for user in node.users:
@@ -530,7 +603,28 @@ class _Replay:
                 left[owner] -= 1
                 if left[owner] == 0:
                     self.values[owner] = None
-        return self.resolve(self.program.output, lazy=False)
+        formats = iter(self.program.output_formats)
+
+        def original_format(value: Any) -> Any:
+            if not isinstance(value, Tensor):
+                return value
+            layout = next(formats, None)
+            return value if layout is None or value.dim() < 4 else to_layout(value, layout)
+
+        return map_nested(self.resolve(self.program.output, lazy=False), original_format)
+
+
+_RANDOM_CALLS = ("dropout", "bernoulli", "rand", "normal", "uniform", "multinomial", "exponential")
+
+
+def _draws_random(node: Node) -> bool:
+    """Whether the node may draw random numbers (a dropout, also inside a converted block)."""
+    if node.kind == "leaf":
+        return any(
+            isinstance(m, _DROPOUTS) and m.p > 0 and m.training for m in node.target.modules()
+        )
+    name = getattr(node.target, "__name__", "")
+    return node.kind == "call" and any(word in name for word in _RANDOM_CALLS)
 
 
 def _is_param(module: nn.Module, name: str) -> bool:

@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from concatnets.convert.installed import is_converted
 from concatnets.convert.probe import preserved_state
+from concatnets.engine.layout import layout_of
 
 __all__ = ["Node", "Program", "RecordError", "Ref", "map_nested", "record", "signature"]
 
@@ -89,11 +90,16 @@ class Node:
 
 @dataclass
 class Program:
-    """The recorded nodes, the argument template and the output template."""
+    """The recorded nodes, the argument template and the output template.
+
+    ``output_formats`` holds the memory format of each output tensor, in
+    :func:`map_nested` order, as the module's own forward returned it.
+    """
 
     nodes: list[Node]
     inputs: Any
     output: Any
+    output_formats: list[torch.memory_format] = field(default_factory=list)
 
 
 def _is_leaf(module: nn.Module) -> bool:
@@ -279,4 +285,6 @@ def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     finally:
         for handle in handles:
             handle.remove()
-    return Program(recorder.nodes, template, out_template)
+    formats: list[torch.memory_format] = []
+    map_nested(output, lambda t: formats.append(layout_of(t)) if isinstance(t, Tensor) else None)
+    return Program(recorder.nodes, template, out_template, formats)

@@ -198,6 +198,16 @@ def _max_pool(y: Tensor, kernel: int, shape: tuple[int, int] | None = None) -> T
     return _MAX_POOL[y.dim() - 2](y, kernel, stride, padding)
 
 
+def _max_pool_indices(
+    y: Tensor, kernel: int, shape: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``_max_pool(y)`` and, for 2-D and 3-D, its argmax indices (the same kernel call)."""
+    if y.dim() not in (4, 5):
+        return _max_pool(y, kernel, shape), None
+    stride, padding = shape if shape is not None else (kernel, 0)
+    return _MAX_POOL[y.dim() - 2](y, kernel, stride, padding, return_indices=True)
+
+
 def _upsample(part: NormActPart, y: Tensor) -> Tensor:
     if part.upsample is None or part.upsample == 1:
         return y
@@ -205,10 +215,48 @@ def _upsample(part: NormActPart, y: Tensor) -> Tensor:
     return F.interpolate(y, size=size, mode="nearest")
 
 
+_UPSAMPLE_BACKWARD = {
+    3: torch.ops.aten.upsample_nearest1d_backward,
+    4: torch.ops.aten.upsample_nearest2d_backward,
+    5: torch.ops.aten.upsample_nearest3d_backward,
+}
+
+
+def _upsample_into(y: Tensor, factor: int, out: Tensor) -> None:
+    """Write :func:`_upsample` of ``y`` by ``factor`` into ``out`` with one broadcast copy
+    (no upsampled tensor of its own): each spatial size ``s * factor`` is viewed as
+    ``(s, factor)`` and ``y`` is repeated along the new dimensions."""
+    target, source = out, y
+    for i, size in enumerate(y.shape[2:]):
+        dim = 2 + 2 * i
+        target = target.unflatten(dim, (size, factor))
+        source = source.unsqueeze(dim + 1)
+    target.copy_(source.expand(target.shape))
+
+
+def _upsamples_into(part: NormActPart) -> bool:
+    """Whether :func:`_write_part` writes the part's upsampling straight into the buffer:
+    a power-of-two factor, where nearest's source index ``floor(i * in / out)`` is exactly
+    ``i // factor`` in floating point."""
+    factor = part.upsample
+    return (
+        factor is not None
+        and factor > 1
+        and factor & (factor - 1) == 0
+        and part.then_conv is None
+        and part.source_conv is None
+        and part.result is None
+    )
+
+
 def _upsample_backward(part: NormActPart, grad_up: Tensor, y: Tensor) -> Tensor:
     """Gradient of :func:`_upsample` for ``y`` (each input pixel sums its copies)."""
     if part.upsample is None or part.upsample == 1:
         return grad_up
+    backward = _UPSAMPLE_BACKWARD.get(grad_up.dim())
+    if backward is not None:
+        # The kernel autograd runs for F.interpolate(size=...): no forward replayed.
+        return backward(grad_up, list(grad_up.shape[2:]), list(y.shape))
     with torch.enable_grad():
         y_leaf = torch.empty_like(y).requires_grad_()
         (grad_y,) = torch.autograd.grad(_upsample(part, y_leaf), y_leaf, grad_up)
@@ -237,6 +285,10 @@ def _value(part: NormActPart, t: _PartTensors) -> Tensor:
 
 def _write_part(part: NormActPart, t: _PartTensors, out: Tensor) -> None:
     """Write the part's value into ``out`` (a channel slice of the buffer)."""
+    if _upsamples_into(part):
+        assert part.upsample is not None
+        _upsample_into(_value(replace(part, upsample=None), t), part.upsample, out)
+        return
     if _is_computed(part) or part.value is not None:
         out.copy_(_value(part, t))
         return
@@ -259,11 +311,16 @@ def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None
     first = _part_tensors(params, 0)
     if len(parts) == 1:
         return _value(parts[0], first)  # nothing to concatenate: no buffer, no copy
-    first_value = _value(parts[0], first) if _is_computed(parts[0]) else None
+    first_value = None
+    if _is_computed(parts[0]) and not _upsamples_into(parts[0]):
+        first_value = _value(parts[0], first)
     sample = first_value if first_value is not None else parts[0].cropped(first.x)
+    spatial = sample.shape[2:]
+    if first_value is None and _upsamples_into(parts[0]):
+        spatial = _spatial_size(parts[0], tuple(spatial))
     total = sum(part.channels for part in parts)
     out = buffer_pool.empty(
-        (sample.shape[0], total, *sample.shape[2:]),
+        (sample.shape[0], total, *spatial),
         dtype=sample.dtype,
         device=sample.device,
         memory_format=layout_of(sample),
@@ -280,10 +337,36 @@ def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None
     return out
 
 
+def _spatial_size(part: NormActPart, size: tuple[int, ...]) -> tuple[int, ...]:
+    """The spatial size of the part's value from its tensor's (a pooling, then the
+    upsampling; crops and ``then_conv`` are not for this)."""
+    if part.pool is not None:
+        stride, padding = part.pool_shape or (part.pool, 0)
+        size = tuple((s + 2 * padding - part.pool) // stride + 1 for s in size)
+    factor = part.upsample or 1
+    return tuple(s * factor for s in size)
+
+
 def _pool_backward(
-    grad_pooled: Tensor, y: Tensor, kernel: int, shape: tuple[int, int] | None = None
+    grad_pooled: Tensor,
+    y: Tensor,
+    kernel: int,
+    shape: tuple[int, int] | None = None,
+    indices: Tensor | None = None,
 ) -> Tensor:
-    """Gradient of ``_max_pool(y, kernel)`` for ``y``; the pooling finds its argmax again."""
+    """Gradient of ``_max_pool(y, kernel)`` for ``y``: with the recomputed pooling's
+    ``indices`` the kernel autograd runs, else the pooling finds its argmax again."""
+    if indices is not None:
+        stride, padding = shape if shape is not None else (kernel, 0)
+        backward = (
+            torch.ops.aten.max_pool2d_with_indices_backward
+            if y.dim() == 4
+            else torch.ops.aten.max_pool3d_with_indices_backward
+        )
+        n = y.dim() - 2
+        return backward(
+            grad_pooled, y, [kernel] * n, [stride] * n, [padding] * n, [1] * n, False, indices
+        )
     with torch.enable_grad():
         y_leaf = y.detach().requires_grad_()
         (grad_y,) = torch.autograd.grad(_max_pool(y_leaf, kernel, shape), y_leaf, grad_pooled)
@@ -298,13 +381,19 @@ class _Recomputed:
     y: Tensor | None  # the activation
     pooled: Tensor | None  # after the pooling
     upsampled: Tensor | None  # after the upsampling: ``then_conv``'s input
+    indices: Tensor | None = None  # the pooling's argmax, for its backward
 
 
 def _recompute(part: NormActPart, t: _PartTensors) -> _Recomputed:
     x = _normalized_input(part, t)
-    y = _activation(part, x, t)
-    pooled = y if part.pool is None else _max_pool(y, part.pool, part.pool_shape)
-    return _Recomputed(x, y, pooled, _upsample(part, pooled))
+    if part.stats is None and not part.activation and part.crop is None:
+        y = x  # a stored map read as it is: nothing to rebuild, nothing to copy
+    else:
+        y = _activation(part, x, t)
+    if part.pool is None:
+        return _Recomputed(x, y, y, _upsample(part, y))
+    pooled, indices = _max_pool_indices(y, part.pool, part.pool_shape)
+    return _Recomputed(x, y, pooled, _upsample(part, pooled), indices)
 
 
 def _value_backward(
@@ -337,8 +426,9 @@ def _value_backward(
     grad_y = (
         grad_pooled
         if part.pool is None
-        else _pool_backward(grad_pooled, r.y, part.pool, part.pool_shape)
+        else _pool_backward(grad_pooled, r.y, part.pool, part.pool_shape, r.indices)
     )
+    r.indices = None
     del grad_pooled
     activation_backward_(grad_y, r.y, part.activation)
     r.y = None
