@@ -317,6 +317,8 @@ def _alias(full: Tensor, channels: int) -> Tensor:
 def _reserved_buffer(first: Tensor, channels: int) -> Tensor | None:
     """The buffer reserved after ``first`` (a block output run with spare channels) when it
     has at least ``channels`` channels; the reservation serves one block only."""
+    if torch.compiler.is_compiling():
+        return None  # dynamo does not trace weak dictionaries: traced graphs copy the part
     full = _SPARE.get(first)
     if full is None or full.shape[1] < channels:
         return None
@@ -347,7 +349,7 @@ def _write_parts(
         shape = (first.shape[0], total + spare_channels, *first.shape[2:])
         full = _pooled(shape, first)  # (N, C0 + L*k + spare, *spatial)
     buffer = full if full.shape[1] == total else _alias(full, total)
-    if spare_channels:
+    if spare_channels and not torch.compiler.is_compiling():
         _SPARE[buffer] = full
     moments_dtype = stats_dtype(first.dtype)  # float32 under autocast
     means = first.new_empty(total, dtype=moments_dtype) if need_moments else None
