@@ -11,6 +11,7 @@ import pytest
 
 from concatnets.bench import BenchConfig
 from concatnets.bench.report import (
+    _fit_table,
     add_ratios,
     fit_sweeps,
     markdown_report,
@@ -85,6 +86,22 @@ def test_fits_cover_the_sweep_group_only(results: list[dict[str, Any]]) -> None:
     assert fits["efficient"]["memory"]["exponent"] == pytest.approx(1.0)
     assert fits["efficient"]["time"]["exponent"] == pytest.approx(1.0)
     assert fits["efficient"]["depths"] == [40, 100, 160, 250]
+    assert fits["efficient"]["live"] is None  # the rows carry no live-tensor peak
+
+
+def test_fits_fit_the_live_tensor_peak_too(results: list[dict[str, Any]], tmp_path: Path) -> None:
+    with_live = [
+        {**r, "live_peak_mib": 3.0 * r["config"]["depth"] ** 1.5}
+        if r["status"] == "ok" and r["config"]["group"] == "sweep"
+        else r
+        for r in results
+    ]
+    fits = fit_sweeps(with_live)
+    assert fits["naive"]["live"]["exponent"] == pytest.approx(1.5)
+    assert fits["naive"]["memory"]["exponent"] == pytest.approx(2.0)
+    assert "| live-tensor exponent |" in _fit_table(fits).splitlines()[0]
+    plot = tmp_path / "memory_vs_depth.png"
+    assert plot_sweep(with_live, fits, plot) and plot.stat().st_size > 0
 
 
 def test_table_has_one_line_per_configuration(results: list[dict[str, Any]]) -> None:

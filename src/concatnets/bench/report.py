@@ -91,7 +91,10 @@ def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def fit_sweeps(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per mode, the power law of peak memory growth and step time against depth.
 
-    Only the ``sweep`` group is fitted, so every mode is fitted over the same depths.
+    ``memory`` fits the measured peak (resident growth on CPU, which the allocator
+    inflates), ``live`` the live-tensor peak (allocator-independent; ``None`` when a row
+    lacks it). Only the ``sweep`` group is fitted, so every mode is fitted over the same
+    depths.
     """
     by_mode: dict[str, list[Mapping[str, Any]]] = {}
     for result in results:
@@ -102,10 +105,17 @@ def fit_sweeps(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]
         rows = sorted(rows, key=lambda r: r["config"]["depth"])
         depths = [r["config"]["depth"] for r in rows]
         memory = fit_power_law(depths, [r["peak_growth_mib"] for r in rows])
+        live_values = [r.get("live_peak_mib") for r in rows]
+        live = (
+            fit_power_law(depths, [float(v) for v in live_values])  # type: ignore[arg-type]
+            if all(v is not None for v in live_values)
+            else None
+        )
         time = fit_power_law(depths, [r["median_step_s"] for r in rows])
         fits[mode] = {
             "depths": depths,
             "memory": asdict(memory) if memory else None,
+            "live": asdict(live) if live else None,
             "time": asdict(time) if time else None,
         }
     return fits
@@ -203,15 +213,16 @@ def _problems(results: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _fit_table(fits: Mapping[str, Mapping[str, Any]]) -> str:
     lines = [
-        "| mode | memory exponent | memory R² | time exponent | depths |",
-        "|---|---:|---:|---:|---|",
+        "| mode | memory exponent | memory R² | live-tensor exponent | time exponent | depths |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for mode, fit in fits.items():
-        memory, time = fit["memory"], fit["time"]
+        memory, time, live = fit["memory"], fit["time"], fit.get("live")
         mem = f"{memory['exponent']:.2f} | {memory['r_squared']:.3f}" if memory else " | "
+        liv = f"{live['exponent']:.2f}" if live else ""
         tim = f"{time['exponent']:.2f}" if time else ""
         depths = ", ".join(str(d) for d in fit["depths"])
-        lines.append(f"| {mode} | {mem} | {tim} | {depths} |")
+        lines.append(f"| {mode} | {mem} | {liv} | {tim} | {depths} |")
     return "\n".join(lines)
 
 
@@ -313,18 +324,21 @@ def plot_sweep(
                 continue
             depths = [r["config"]["depth"] for r in rows]
             fit = fits.get(mode, {}) if group == _SWEEP_GROUP else {}
-            for axis, key, kind in (
-                (memory_axis, "peak_growth_mib", "memory"),
-                (time_axis, "median_step_s", "time"),
-            ):
+            has_live = all(r.get("live_peak_mib") is not None for r in rows)
+            series = [(memory_axis, "peak_growth_mib", "memory", "resident" if has_live else "")]
+            if has_live:
+                series.append((memory_axis, "live_peak_mib", "live", "live tensors"))
+            series.append((time_axis, "median_step_s", "time", ""))
+            for axis, key, kind, what in series:
+                name = f"{mode}, {what}" if what else mode
                 label = (
-                    _legend(mode, fit.get(kind)) if group == _SWEEP_GROUP else f"{mode}, {group}"
+                    _legend(name, fit.get(kind)) if group == _SWEEP_GROUP else f"{name}, {group}"
                 )
                 axis.plot(
                     depths,
                     [r[key] for r in rows],
                     marker=marker,
-                    linestyle=style,
+                    linestyle=":" if what == "resident" and style != "none" else style,
                     color=color,
                     markersize=12 if marker == "*" else 6,
                     label=label,
@@ -335,7 +349,7 @@ def plot_sweep(
         f"batch {first['batch']}, {_input(first)}, {first['device']}"
     )
     for axis, ylabel in (
-        (memory_axis, "peak memory growth (MiB)"),
+        (memory_axis, "peak memory (MiB): live tensors, and resident dotted"),
         (time_axis, "median step time (s)"),
     ):
         axis.set_xscale("log")
