@@ -219,11 +219,7 @@ def _nearest_factor(spatial: tuple[int, ...], args: Any, kwargs: Any) -> int | N
 
 
 def _spatial(part: NormActPart) -> tuple[int, ...]:
-    size = tuple(int(s) for s in part.tensor.shape[2:])
-    if part.pool is not None:
-        stride, padding = part.pool_shape or (part.pool, 0)
-        size = tuple((s + 2 * padding - part.pool) // stride + 1 for s in size)
-    return size
+    return part.pooled_size(part.tensor.shape[2:])
 
 
 @dataclass

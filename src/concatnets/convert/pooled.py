@@ -36,10 +36,9 @@ _POOL_BACKWARD = {
 
 
 def _geometry(part: NormActPart) -> tuple[list[int], list[int], list[int]]:
-    assert part.pool is not None
-    stride, padding = part.pool_shape or (part.pool, 0)
+    kernel, stride, padding = part.pool_geometry
     n = part.tensor.dim() - 2
-    return [part.pool] * n, [stride] * n, [padding] * n
+    return [kernel] * n, [stride] * n, [padding] * n
 
 
 def _pooled(part: NormActPart, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, ...]:

@@ -106,6 +106,20 @@ class NormActPart:
     def cropped(self, x: Tensor) -> Tensor:
         return x if self.crop is None else x[(slice(None), slice(None), *self.crop)]
 
+    @property
+    def pool_geometry(self) -> tuple[int, int, int]:
+        """``(kernel, stride, padding)`` of the part's max pooling (``pool`` must be set)."""
+        assert self.pool is not None
+        stride, padding = self.pool_shape if self.pool_shape is not None else (self.pool, 0)
+        return self.pool, stride, padding
+
+    def pooled_size(self, size: Sequence[int]) -> tuple[int, ...]:
+        """Spatial ``size`` after the part's max pooling (unchanged without one)."""
+        if self.pool is None:
+            return tuple(int(s) for s in size)
+        kernel, stride, padding = self.pool_geometry
+        return tuple((int(s) + 2 * padding - kernel) // stride + 1 for s in size)
+
     def shape_only(self) -> NormActPart:
         """This part with its tensor replaced by a storage-less meta tensor of its shape.
 
@@ -193,19 +207,15 @@ def _activation(part: NormActPart, x: Tensor, t: _PartTensors) -> Tensor:
     return apply_activation_(out.copy_(x), part.activation)
 
 
-def _max_pool(y: Tensor, kernel: int, shape: tuple[int, int] | None = None) -> Tensor:
-    stride, padding = shape if shape is not None else (kernel, 0)
-    return _MAX_POOL[y.dim() - 2](y, kernel, stride, padding)
+def _max_pool(part: NormActPart, y: Tensor) -> Tensor:
+    return _MAX_POOL[y.dim() - 2](y, *part.pool_geometry)
 
 
-def _max_pool_indices(
-    y: Tensor, kernel: int, shape: tuple[int, int] | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """``_max_pool(y)`` and, for 2-D and 3-D, its argmax indices (the same kernel call)."""
+def _max_pool_indices(part: NormActPart, y: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``_max_pool(part, y)`` and, for 2-D and 3-D, its argmax indices (one kernel call)."""
     if y.dim() not in (4, 5):
-        return _max_pool(y, kernel, shape), None
-    stride, padding = shape if shape is not None else (kernel, 0)
-    return _MAX_POOL[y.dim() - 2](y, kernel, stride, padding, return_indices=True)
+        return _max_pool(part, y), None
+    return _MAX_POOL[y.dim() - 2](y, *part.pool_geometry, return_indices=True)
 
 
 def _upsample(part: NormActPart, y: Tensor) -> Tensor:
@@ -279,7 +289,7 @@ def _value(part: NormActPart, t: _PartTensors) -> Tensor:
     else:
         y = _activation(part, _normalized_input(part, t), t)
     if part.pool is not None:
-        y = _max_pool(y, part.pool, part.pool_shape)
+        y = _max_pool(part, y)
     return _then_conv(part, _upsample(part, y), t)
 
 
@@ -340,24 +350,17 @@ def normalize_parts(parts: Sequence[NormActPart], params: Sequence[Tensor | None
 def _spatial_size(part: NormActPart, size: tuple[int, ...]) -> tuple[int, ...]:
     """The spatial size of the part's value from its tensor's (a pooling, then the
     upsampling; crops and ``then_conv`` are not for this)."""
-    if part.pool is not None:
-        stride, padding = part.pool_shape or (part.pool, 0)
-        size = tuple((s + 2 * padding - part.pool) // stride + 1 for s in size)
     factor = part.upsample or 1
-    return tuple(s * factor for s in size)
+    return tuple(s * factor for s in part.pooled_size(size))
 
 
 def _pool_backward(
-    grad_pooled: Tensor,
-    y: Tensor,
-    kernel: int,
-    shape: tuple[int, int] | None = None,
-    indices: Tensor | None = None,
+    part: NormActPart, grad_pooled: Tensor, y: Tensor, indices: Tensor | None = None
 ) -> Tensor:
-    """Gradient of ``_max_pool(y, kernel)`` for ``y``: with the recomputed pooling's
+    """Gradient of ``_max_pool(part, y)`` for ``y``: with the recomputed pooling's
     ``indices`` the kernel autograd runs, else the pooling finds its argmax again."""
     if indices is not None:
-        stride, padding = shape if shape is not None else (kernel, 0)
+        kernel, stride, padding = part.pool_geometry
         backward = (
             torch.ops.aten.max_pool2d_with_indices_backward
             if y.dim() == 4
@@ -369,7 +372,7 @@ def _pool_backward(
         )
     with torch.enable_grad():
         y_leaf = y.detach().requires_grad_()
-        (grad_y,) = torch.autograd.grad(_max_pool(y_leaf, kernel, shape), y_leaf, grad_pooled)
+        (grad_y,) = torch.autograd.grad(_max_pool(part, y_leaf), y_leaf, grad_pooled)
     return grad_y
 
 
@@ -392,7 +395,7 @@ def _recompute(part: NormActPart, t: _PartTensors) -> _Recomputed:
         y = _activation(part, x, t)
     if part.pool is None:
         return _Recomputed(x, y, y, _upsample(part, y))
-    pooled, indices = _max_pool_indices(y, part.pool, part.pool_shape)
+    pooled, indices = _max_pool_indices(part, y)
     return _Recomputed(x, y, pooled, _upsample(part, pooled), indices)
 
 
@@ -423,11 +426,7 @@ def _value_backward(
     grad_pooled = _upsample_backward(part, grad_up, r.pooled)
     del grad_up
     r.pooled = None
-    grad_y = (
-        grad_pooled
-        if part.pool is None
-        else _pool_backward(grad_pooled, r.y, part.pool, part.pool_shape, r.indices)
-    )
+    grad_y = grad_pooled if part.pool is None else _pool_backward(part, grad_pooled, r.y, r.indices)
     r.indices = None
     del grad_pooled
     activation_backward_(grad_y, r.y, part.activation)

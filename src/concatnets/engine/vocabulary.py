@@ -152,9 +152,7 @@ def _part_spatial(part: NormActPart) -> tuple[int, ...]:
         size = _conv_size(part.source_conv, size)
     if part.crop is not None:
         size = tuple(s.stop - s.start for s in part.crop)
-    if part.pool is not None:
-        stride, padding = part.pool_shape if part.pool_shape is not None else (part.pool, 0)
-        size = tuple((s + 2 * padding - part.pool) // stride + 1 for s in size)
+    size = part.pooled_size(size)
     if part.upsample is not None:
         size = tuple(s * part.upsample for s in size)
     if part.then_conv is not None:
