@@ -92,3 +92,33 @@ def test_describe_environment_merges_the_rows_layouts() -> None:
     env = describe_environment(results, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "cpu")
     assert env["engine_layouts"] == [cl]
     assert env["cpu_isa"]["limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def test_engine_pointwise_rows_and_line(monkeypatch) -> None:
+    from concatnets.bench.environment import engine_pointwise, pointwise_line
+    from concatnets.engine import pointwise_choice
+
+    pointwise_choice.clear_pointwise_decisions()
+    assert engine_pointwise() == [] and pointwise_line([]).startswith("none")
+    monkeypatch.setattr(
+        pointwise_choice, "probe_pointwise", lambda dtype, cl: {"gemm": 0.01, "conv": 0.03}
+    )
+    try:
+        pointwise_choice.decide_pointwise("cpu", torch.float32, False)
+        rows = engine_pointwise()
+        assert rows == [
+            {
+                "device": "cpu",
+                "dtype": "float32",
+                "channels_last": False,
+                "threads": torch.get_num_threads(),
+                "kernel": "gemm",
+                "source": "probe",
+                "probe_seconds": {"gemm": 0.01, "conv": 0.03},
+            }
+        ]
+        line = pointwise_line(rows)
+        assert line.startswith("gemm for default-layout float32 on cpu")
+        assert "(probe conv 30.0 ms, gemm 10.0 ms)" in line
+    finally:
+        pointwise_choice.clear_pointwise_decisions()

@@ -82,9 +82,17 @@ def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("drop_rate", [0.0, 0.3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", ["gemm", "conv"])
 def test_engine_matches_naive_block(
-    policy: str, spatial_dims: int, drop_rate: float, dtype: torch.dtype
+    policy: str,
+    spatial_dims: int,
+    drop_rate: float,
+    dtype: torch.dtype,
+    kernel: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Both kernels of the bottleneck's 1x1 convolution (see engine.pointwise_choice).
+    monkeypatch.setenv("CONCATNETS_POINTWISE", kernel)
     naive = make_block(spatial_dims, drop_rate, dtype)
     engine = copy.deepcopy(naive)
     engine.memory_efficient, engine.policy = True, policy

@@ -99,6 +99,26 @@ def engine_layouts() -> list[dict[str, Any]]:
     ]
 
 
+def engine_pointwise() -> list[dict[str, Any]]:
+    """The engine's 1x1 convolution kernel decisions in this process, as JSON-ready rows."""
+    from concatnets.engine import pointwise_decisions
+
+    return [
+        {
+            "device": key.device,
+            "dtype": str(key.dtype).removeprefix("torch."),
+            "channels_last": key.channels_last,
+            "threads": key.threads,
+            "kernel": decision.kernel,
+            "source": decision.source,
+            "probe_seconds": None
+            if decision.probe_seconds is None
+            else dict(decision.probe_seconds),
+        }
+        for key, decision in pointwise_decisions().items()
+    ]
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -122,6 +142,13 @@ def isa_line(isa: Mapping[str, Any]) -> str:
     return f"{flags} (ATen {isa.get('aten_capability')}{limits})"
 
 
+def _probe_timing(seconds: Mapping[str, float] | None) -> str:
+    """`` k 1.0 ms, ...`` for a probe's best seconds per candidate; empty without a probe."""
+    if not seconds:
+        return ""
+    return " " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(seconds.items()))
+
+
 def layouts_line(rows: Sequence[Mapping[str, Any]]) -> str:
     """The engine's layout decisions on one line.
 
@@ -132,14 +159,24 @@ def layouts_line(rows: Sequence[Mapping[str, Any]]) -> str:
         return "none chosen (dense blocks compute in their input's memory format)"
     parts = []
     for row in rows:
-        seconds = row.get("probe_seconds")
-        timing = (
-            ""
-            if not seconds
-            else " " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(seconds.items()))
-        )
+        timing = _probe_timing(row.get("probe_seconds"))
         parts.append(
             f"{row['layout']} for {row['spatial_rank']}-D {row['dtype']} on {row['device']}, "
+            f"{row['threads']} thread(s) ({row['source']}{timing})"
+        )
+    return "; ".join(parts)
+
+
+def pointwise_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The engine's 1x1 convolution kernel decisions on one line (none: no engine ran one)."""
+    if not rows:
+        return "none chosen (no engine 1x1 convolution ran)"
+    parts = []
+    for row in rows:
+        timing = _probe_timing(row.get("probe_seconds"))
+        layout = "channels-last" if row["channels_last"] else "default-layout"
+        parts.append(
+            f"{row['kernel']} for {layout} {row['dtype']} on {row['device']}, "
             f"{row['threads']} thread(s) ({row['source']}{timing})"
         )
     return "; ".join(parts)
@@ -153,10 +190,16 @@ def describe_environment(
     layouts = {
         json.dumps(row, sort_keys=True): row for r in results for row in r.get("engine_layouts", [])
     }
+    kernels = {
+        json.dumps(row, sort_keys=True): row
+        for r in results
+        for row in r.get("engine_pointwise", [])
+    }
     return {
         "cpu_model": cpu_model(),
         "cpu_isa": cpu_isa(env=child_env),
         "engine_layouts": list(layouts.values()),
+        "engine_pointwise": list(kernels.values()),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "libc": " ".join(platform.libc_ver()).strip(),

@@ -33,8 +33,10 @@ from concatnets.bench.environment import (
     cpu_isa,
     cpu_model,
     engine_layouts,
+    engine_pointwise,
     isa_line,
     layouts_line,
+    pointwise_line,
 )
 from concatnets.bench.memory import (
     UnsupportedModeError,
@@ -121,6 +123,7 @@ def measure_interleaved(
         "cpu_model": cpu_model(),
         "cpu_isa": cpu_isa(),
         "engine_layouts": engine_layouts(),
+        "engine_pointwise": engine_pointwise(),
     }
 
 
@@ -199,6 +202,7 @@ def run_time(args: argparse.Namespace) -> int:
     )
     print(f"CPU: {result['cpu_model']}; ISA: {isa_line(result['cpu_isa'])}")
     print(f"engine layout: {layouts_line(result['engine_layouts'])}")
+    print(f"engine 1x1 convolutions: {pointwise_line(result['engine_pointwise'])}")
     print("| mode | median step s | time x naive | median per-round ratio |")
     print("|---|---:|---:|---:|")
     for mode, row in result["modes"].items():

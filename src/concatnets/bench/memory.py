@@ -35,7 +35,7 @@ from torch import nn
 from concatnets._allocator import allocator_setting
 from concatnets._process_memory import reset_resident_peak, resident_peak_bytes
 from concatnets.bench.config import AMP_DTYPES, BenchConfig
-from concatnets.bench.environment import engine_layouts
+from concatnets.bench.environment import engine_layouts, engine_pointwise
 from concatnets.bench.live_tensors import LiveTensorPeak
 from concatnets.engine.heap_release import heap_release_stats
 from concatnets.engine.layout import channels_last_format
@@ -343,6 +343,7 @@ def measure(config: BenchConfig) -> dict[str, Any]:
         "optimizer": f"SGD update p -= {LEARNING_RATE} * grad, then grad = None",
         "channels_last": config.channels_last,
         "engine_layouts": engine_layouts(),
+        "engine_pointwise": engine_pointwise(),
         "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
         "allocator_setting": allocator_setting().detail,
         "heap_releases": heap_release_stats().releases,

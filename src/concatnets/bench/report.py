@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from concatnets.bench.config import BenchConfig, comparison_key
-from concatnets.bench.environment import isa_line, layouts_line
+from concatnets.bench.environment import isa_line, layouts_line, pointwise_line
 from concatnets.bench.fit import fit_power_law
 
 __all__ = [
@@ -250,6 +250,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"device: {env['device']} ({env.get('device_name')})",
         f"- CPU ISA: {isa_line(env.get('cpu_isa', {}))}",
         f"- engine layout: {layouts_line(env.get('engine_layouts', []))}",
+        f"- engine 1x1 convolutions: {pointwise_line(env.get('engine_pointwise', []))}",
         f"- torch {env['torch_version']}, {env['torch_threads']} threads; "
         f"python {env['python']}; {env['libc']}",
         f"- allocator ({', '.join(_allocator_names(settings))}): {allocator}; "

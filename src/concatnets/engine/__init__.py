@@ -8,9 +8,12 @@ operations run plain torch on tensors and build :func:`norm_act_conv` parts on t
 engine (skips written into the decoder's concatenation, pooling and up-convolution
 recomputed in backward). Its memory layout is
 chosen per machine; :func:`set_layout` and :func:`use_layout` override it and
-:func:`layout_decisions` shows what was chosen. With ``CONCATNETS_MALLOC=pool`` large CPU
-buffers come from a reused pool (:mod:`~concatnets.engine.buffer_pool`);
-:func:`release_buffers` gives its free blocks back to the OS; with
+:func:`layout_decisions` shows what was chosen. Its 1x1 convolutions run as matrix
+products into its own workspace or as ATen convolutions, chosen per machine by timing
+(:func:`set_pointwise_kernel` overrides, :func:`pointwise_decisions` shows). With
+``CONCATNETS_MALLOC=pool`` large CPU buffers come from a reused pool
+(:mod:`~concatnets.engine.buffer_pool`); :func:`release_buffers` gives its free blocks
+back to the OS; with
 ``CONCATNETS_MALLOC=trim`` the engine gives glibc's piled-up free heap pages back at its
 block boundaries (:mod:`~concatnets.engine.heap_release`, :func:`heap_release_stats`).
 """
@@ -30,6 +33,7 @@ from concatnets.engine.dropout import dropout
 from concatnets.engine.heap_release import heap_release_stats
 from concatnets.engine.layout_choice import layout_decisions, set_layout, use_layout
 from concatnets.engine.parts_conv import NormActPart, norm_act_conv
+from concatnets.engine.pointwise_choice import pointwise_decisions, set_pointwise_kernel
 from concatnets.engine.stats import NormStats, norm_stats
 
 __all__ = [
@@ -46,9 +50,11 @@ __all__ = [
     "layout_decisions",
     "norm_act_conv",
     "norm_stats",
+    "pointwise_decisions",
     "release_buffers",
     "run_dense_block",
     "set_layout",
+    "set_pointwise_kernel",
     "use_layout",
     "vocabulary",
 ]

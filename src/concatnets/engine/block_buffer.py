@@ -47,6 +47,13 @@ from concatnets.engine.dense_layer import (
     dense_layer_spec,
 )
 from concatnets.engine.heap_release import release_if_piled_up
+from concatnets.engine.pointwise import (
+    as_matrices,
+    is_pointwise,
+    pointwise_backward,
+    pointwise_forward,
+)
+from concatnets.engine.pointwise_choice import use_gemm
 from concatnets.engine.precision import (
     check_input_dtype,
     in_engine_precision,
@@ -259,6 +266,11 @@ class _Workspace:
         return flat[:numel].view(shape)
 
 
+def _gemm_conv1(layer: DenseLayerSpec, y1: Tensor) -> bool:
+    """Whether the layer's first convolution runs as a matrix product on ``y1``."""
+    return use_gemm(y1) and is_pointwise(layer.conv1) and as_matrices(y1) is not None
+
+
 def _narrow(t: Tensor | None, dim: int, start: int, length: int) -> Tensor | None:
     return None if t is None else t.narrow(dim, start, length)
 
@@ -289,12 +301,14 @@ def _first_conv(
             stats1.narrow(start, length),
             out=workspace.get("y1", tuple(chunk.shape)),
         )
-        part = conv_forward(
-            layer.conv1,
-            y1,
-            w.conv1_weight.narrow(1, start, length),
-            w.conv1_bias if out is None else None,
-        )
+        weight = w.conv1_weight.narrow(1, start, length)
+        if _gemm_conv1(layer, y1):
+            # Chunks add into one tensor: no partial sum per chunk.
+            out = pointwise_forward(
+                y1, weight, w.conv1_bias if out is None else None, out=out, accumulate=True
+            )
+            continue
+        part = conv_forward(layer.conv1, y1, weight, w.conv1_bias if out is None else None)
         out = part if out is None else out.add_(part)
     assert out is not None
     return out
@@ -558,13 +572,21 @@ def _layer_backward(
             stats,
             out=workspace.get("y1", tuple(view.shape)),
         )
-        grad_y1, conv_w, conv_b = conv_backward(
-            layer.conv1,
-            grad_first,
-            y1,
-            w.conv1_weight.narrow(1, start, length),
-            has_bias=w.conv1_bias is not None and start == 0,
-        )
+        weight = w.conv1_weight.narrow(1, start, length)
+        has_bias = w.conv1_bias is not None and start == 0
+        if _gemm_conv1(layer, y1):
+            # The input gradient goes into the workspace: no chunk-sized allocation.
+            grad_y1, conv_w, conv_b = pointwise_backward(
+                grad_first,
+                y1,
+                weight,
+                has_bias=has_bias,
+                grad_input=workspace.get("grad_y1", tuple(view.shape)),
+            )
+        else:
+            grad_y1, conv_w, conv_b = conv_backward(
+                layer.conv1, grad_first, y1, weight, has_bias=has_bias
+            )
         assert grad_y1 is not None and conv_w is not None
         grad_conv1_w.narrow(1, start, length).copy_(conv_w)
         if start == 0:

@@ -9,12 +9,15 @@ machine it runs on (see :func:`probe_cpu_layout`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+
+from concatnets.engine.kernel_timing import best_alternating
 
 __all__ = [
     "PROBE_BUDGET_S",
@@ -127,17 +130,11 @@ def _best_times(
     timer: LayoutTimer, rank: int, dtype: torch.dtype, shape: tuple[int, int], budget_s: float
 ) -> tuple[dict[str, float], int]:
     """Best seconds per layout over alternating rounds (at least two) within ``budget_s``."""
-    layouts = ("channels_last", "contiguous")
-    for layout in layouts:
-        timer(layout, rank, dtype, *shape)  # warm-up: oneDNN creates its kernels
-    best = dict.fromkeys(layouts, float("inf"))
-    deadline = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < 2 or time.perf_counter() < deadline:
-        for layout in layouts if rounds % 2 == 0 else layouts[::-1]:
-            best[layout] = min(best[layout], timer(layout, rank, dtype, *shape))
-        rounds += 1
-    return best, rounds
+    timers = {
+        layout: functools.partial(timer, layout, rank, dtype, *shape)
+        for layout in ("channels_last", "contiguous")
+    }
+    return best_alternating(timers, budget_s)
 
 
 def _work(rank: int, shapes: Mapping[int, tuple[int, int]]) -> int:

@@ -30,6 +30,7 @@ from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm
 from concatnets.engine.heap_release import release_if_piled_up
 from concatnets.engine.layout import layout_of, to_layout
 from concatnets.engine.layout_choice import preferred_layout
+from concatnets.engine.pointwise_choice import chosen_conv_backward, chosen_conv_forward
 from concatnets.engine.precision import check_input_dtype, in_engine_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
 
@@ -492,7 +493,7 @@ def _part_backward(
         r.upsampled = None  # ``value`` is the same tensor; the conv backward below holds it
     in_dim = 0 if conv.transposed else 1  # transposed weights are (in, out, *kernel)
     part_weight = weight.narrow(in_dim, channels.start, channels.stop - channels.start)
-    grad_value, grad_w, _ = conv_backward(conv, grad_out, value, part_weight, has_bias=False)
+    grad_value, grad_w, _ = chosen_conv_backward(conv, grad_out, value, part_weight, has_bias=False)
     assert grad_value is not None and grad_w is not None
     grad_weight.narrow(in_dim, channels.start, channels.stop - channels.start).copy_(grad_w)
     # A convolution with few output channels (a U-Net's head) may return its input
@@ -516,7 +517,7 @@ class _NormActConvFunction(torch.autograd.Function):
         y = normalize_parts(parts, part_params)
         # The consumer usually keeps the output until backward (the next part's tensor):
         # a pooled block, so malloc's heap holds only transients (see buffer_pool).
-        out = conv_forward(conv, y, weight, bias)
+        out = chosen_conv_forward(conv, y, weight, bias)
         out = buffer_pool.moved_to_pool(out)
         ctx.conv = conv
         ctx.layout = layout_of(y)  # the input's: the backend may give a few-channel output another
@@ -591,7 +592,9 @@ def _norm_act_conv(parts: Sequence[NormActPart], conv: _ConvNd) -> Tensor:
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not needs_grad:
         with torch.no_grad():
-            return conv_forward(conv, normalize_parts(parts, tensors[:-2]), conv.weight, conv.bias)
+            return chosen_conv_forward(
+                conv, normalize_parts(parts, tensors[:-2]), conv.weight, conv.bias
+            )
     return _NormActConvFunction.apply(conv, parts, *tensors)
 
 
