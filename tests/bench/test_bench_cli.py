@@ -130,7 +130,8 @@ def test_memory_command_writes_table_json_and_png(
         "used": False,
         "detail": "ModuleNotFoundError",
     }
-    assert payload["fits"]["efficient"]["memory"]["exponent"] == pytest.approx(1.0)
+    (sweep,) = payload["fits"].values()  # the one depth sweep
+    assert sweep["efficient"]["memory"]["exponent"] == pytest.approx(1.0)
     assert {r["config"]["mode"] for r in payload["results"]} == {
         "naive",
         "checkpoint",
@@ -177,7 +178,7 @@ def test_real_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "results.json").read_text())
     assert [r["status"] for r in payload["results"]] == ["ok", "ok"]
     assert len({r["pid"] for r in payload["results"]}) == 2
-    assert payload["fits"]["efficient"]["memory"] is not None
+    assert payload["fits"]["densenet_bc-k4, batch 2, 8x8"]["efficient"]["memory"] is not None
     assert (tmp_path / "memory_vs_depth.png").exists()
 
 

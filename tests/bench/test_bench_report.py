@@ -17,6 +17,7 @@ from concatnets.bench.report import (
     markdown_report,
     markdown_table,
     plot_sweep,
+    sweep_name,
     write_json,
 )
 
@@ -79,14 +80,19 @@ def test_ratios_compare_with_the_naive_row_of_the_same_configuration(
     assert by[("unet", "efficient")]["memory_ratio"] is None
 
 
+_DENSENET_BC = "densenet_bc-k12, batch 64, 32x32"
+
+
 def test_fits_cover_the_sweep_group_only(results: list[dict[str, Any]]) -> None:
     fits = fit_sweeps(results)
-    assert set(fits) == {"naive", "efficient"}
-    assert fits["naive"]["memory"]["exponent"] == pytest.approx(2.0)
-    assert fits["efficient"]["memory"]["exponent"] == pytest.approx(1.0)
-    assert fits["efficient"]["time"]["exponent"] == pytest.approx(1.0)
-    assert fits["efficient"]["depths"] == [40, 100, 160, 250]
-    assert fits["efficient"]["live"] is None  # the rows carry no live-tensor peak
+    assert set(fits) == {_DENSENET_BC}
+    by_mode = fits[_DENSENET_BC]
+    assert set(by_mode) == {"naive", "efficient"}
+    assert by_mode["naive"]["memory"]["exponent"] == pytest.approx(2.0)
+    assert by_mode["efficient"]["memory"]["exponent"] == pytest.approx(1.0)
+    assert by_mode["efficient"]["time"]["exponent"] == pytest.approx(1.0)
+    assert by_mode["efficient"]["depths"] == [40, 100, 160, 250]
+    assert by_mode["efficient"]["live"] is None  # the rows carry no live-tensor peak
 
 
 def test_fits_fit_the_live_tensor_peak_too(results: list[dict[str, Any]], tmp_path: Path) -> None:
@@ -97,11 +103,72 @@ def test_fits_fit_the_live_tensor_peak_too(results: list[dict[str, Any]], tmp_pa
         for r in results
     ]
     fits = fit_sweeps(with_live)
-    assert fits["naive"]["live"]["exponent"] == pytest.approx(1.5)
-    assert fits["naive"]["memory"]["exponent"] == pytest.approx(2.0)
+    assert fits[_DENSENET_BC]["naive"]["live"]["exponent"] == pytest.approx(1.5)
+    assert fits[_DENSENET_BC]["naive"]["memory"]["exponent"] == pytest.approx(2.0)
     assert "| live-tensor exponent |" in _fit_table(fits).splitlines()[0]
     plot = tmp_path / "memory_vs_depth.png"
     assert plot_sweep(with_live, fits, plot) and plot.stat().st_size > 0
+
+
+def _fc_densenet(mode: str, depth: int) -> BenchConfig:
+    layers = (depth - 12) // 11
+    return BenchConfig(
+        model="fc_densenet67",
+        mode=mode,
+        batch=2,
+        image_size=96,
+        group="sweep",
+        label=f"fc_densenet-{depth}-k16",
+        depth=depth,
+        model_kwargs={"down_layers": [layers] * 5, "bottleneck_layers": layers},
+    )
+
+
+def test_two_models_sweeps_are_fitted_and_drawn_apart(
+    results: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FC-DenseNet at depths that overlap DenseNet-BC's, with other exponents: mixed into
+    # one fit per mode, neither law would come out.
+    fc = [
+        _result(_fc_densenet(mode, depth), scale * depth**power, 0.01 * depth**0.5)
+        for depth in (34, 100, 166)
+        for mode, scale, power in (("naive", 5.0, 1.5), ("efficient", 40.0, 0.5))
+    ]
+    fits = fit_sweeps(add_ratios(results + fc))
+    name = "fc_densenet-k16, batch 2, 96x96"
+    assert set(fits) == {_DENSENET_BC, name}
+    assert fits[name]["naive"]["memory"]["exponent"] == pytest.approx(1.5)
+    assert fits[name]["efficient"]["memory"]["exponent"] == pytest.approx(0.5)
+    assert fits[name]["efficient"]["time"]["exponent"] == pytest.approx(0.5)
+    assert fits[name]["naive"]["depths"] == [34, 100, 166]
+    assert fits[_DENSENET_BC]["naive"]["memory"]["exponent"] == pytest.approx(2.0)
+    assert fits[_DENSENET_BC]["efficient"]["depths"] == [40, 100, 160, 250]
+    table = _fit_table(fits)
+    assert f"| {name} | efficient | 0.50 |" in table
+    assert f"| {_DENSENET_BC} | naive | 2.00 |" in table
+
+    import matplotlib.figure
+
+    legends: list[str] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(figure: Any, *args: Any, **kwargs: Any) -> None:
+        legends.extend(t.get_text() for a in figure.axes for t in a.get_legend().get_texts())
+        save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    assert plot_sweep(results + fc, fits, tmp_path / "memory_vs_depth.png")
+    assert f"{name}: efficient (fit: depth^0.50)" in legends
+    assert f"{_DENSENET_BC}: naive (fit: depth^2.00)" in legends
+    assert f"{_DENSENET_BC}: efficient, deep" in legends
+
+
+def test_sweep_names_drop_the_depth_and_keep_what_else_differs() -> None:
+    config = asdict(_sweep("naive", 100))
+    assert sweep_name(config) == _DENSENET_BC
+    assert sweep_name({**config, "batch": 8}) != sweep_name(config)
+    assert sweep_name({**config, "amp": "bf16"}) == f"{_DENSENET_BC}, bf16"
+    assert sweep_name({**config, "label": "densenet_bc-100-k24"}).startswith("densenet_bc-k24,")
 
 
 def test_table_has_one_line_per_configuration(results: list[dict[str, Any]]) -> None:

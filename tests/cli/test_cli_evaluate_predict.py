@@ -61,6 +61,30 @@ def test_evaluate_checkpoint_on_a_labelled_folder(segmentation_run, tmp_path):
     assert len(list((output / "overlays").glob("*.png"))) == 3
 
 
+def test_evaluate_tiles_large_images_with_metrics_close_to_whole_ones(
+    segmentation_run, tmp_path, capsys
+):
+    images, masks = make_cells(2, 150, seed=4)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"{index}.png")
+        Image.fromarray(mask).save(tmp_path / "data" / "masks" / f"{index}.png")
+    metrics = {}
+    for tile in ("64", "1024"):
+        args = ["evaluate", str(segmentation_run), "--data", str(tmp_path / "data")]
+        args += ["--output", str(tmp_path / tile), "--tile-size", tile, "--overlays", "1"]
+        assert main([*args, "--no-progress", "--device", "cpu"]) == 0
+        metrics[tile] = json.loads((tmp_path / tile / "metrics.json").read_text())["metrics"]
+        tiled_line = "2 image(s) with a side above 64 px evaluated tile by tile"
+        assert (tiled_line in capsys.readouterr().out) == (tile == "64")
+    assert metrics["64"]["pixel_accuracy"] == pytest.approx(
+        metrics["1024"]["pixel_accuracy"], abs=0.02
+    )
+    assert metrics["64"]["dice"] == pytest.approx(metrics["1024"]["dice"], abs=0.02)
+    assert (tmp_path / "64" / "overlays" / "0.png").stat().st_size > 0
+
+
 def test_predict_folder_with_a_large_image_goes_through_tiling(segmentation_run, tmp_path, capsys):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

@@ -3,12 +3,13 @@ part's value whose gradient autograd shares with another reader."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from concatnets.engine import NormActPart, norm_act_conv, norm_stats
-from concatnets.engine.parts_conv import part_value
+from concatnets.engine.parts_conv import max_pool_backward, part_value
 
 
 def _setup() -> tuple[nn.BatchNorm2d, nn.Conv2d, torch.Tensor]:
@@ -47,3 +48,18 @@ def test_a_value_and_a_conv_of_it_summed() -> None:
     loss = ((norm_act_conv([part], conv) + part_value(part)) * w).sum()
     for actual, exact in zip(_grads(loss, norm, conv, z), expected, strict=True):
         torch.testing.assert_close(actual, exact, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("dims", "pool", "pool_shape"), [(2, 2, None), (2, 3, (2, 1)), (3, 2, None), (3, 3, (2, 1))]
+)
+def test_max_pool_backward_is_autograds_pooling_gradient(dims, pool, pool_shape) -> None:
+    torch.manual_seed(1)
+    y = torch.randn(2, 3, *(7,) * dims, dtype=torch.float64, requires_grad=True)
+    part = NormActPart(y.detach(), None, None, pool=pool, pool_shape=pool_shape)
+    pooling = F.max_pool2d if dims == 2 else F.max_pool3d
+    pooled, indices = pooling(y, *part.pool_geometry, return_indices=True)
+    grad_pooled = torch.randn_like(pooled)
+    (expected,) = torch.autograd.grad(pooled, y, grad_pooled)
+    actual = max_pool_backward(part.shape_only(), grad_pooled, y.detach(), indices)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from concatnets.data.datasets import load_input_tensor
-from concatnets.inference import TensorSource, iter_tiled_logits, predict_tiled
+from concatnets.inference import iter_tiled_logits, predict_tiled
 from concatnets.inference.preview import preview_pair
 from concatnets.inference.source import ImageSource, image_source
 from concatnets.inference.streaming import predict_classes
@@ -36,13 +36,19 @@ def test_image_source_regions_match_the_whole_image_conversion(normalization, sh
     )
 
 
-def test_image_source_falls_back_to_whole_conversion_for_wide_integers():
-    raw = np.arange(64, dtype=np.int32).reshape(8, 8) * 1000  # scaled by its own maximum
-    source = image_source(raw, 1, "image")
-    assert isinstance(source, TensorSource)
-    torch.testing.assert_close(
-        source.read((slice(0, 8), slice(0, 8))), load_input_tensor(raw, 1, "image")
-    )
+def test_image_source_streams_wide_integers_at_their_fixed_scale():
+    raw = np.arange(64, dtype=np.int32).reshape(8, 8) * 1000 - 5000  # 16-bit samples, signed
+    whole = load_input_tensor(raw, 1, "unit")
+    source = image_source(raw, 1, "unit")
+    assert isinstance(source, ImageSource)
+    torch.testing.assert_close(source.read((slice(2, 5), slice(1, 8))), whole[:, 2:5, 1:8])
+    torch.testing.assert_close(whole[0], torch.from_numpy(raw.astype(np.float32) / 65535))
+
+
+def test_image_source_falls_back_to_whole_conversion_for_other_dtypes():
+    raw = np.arange(64, dtype=np.complex64).reshape(8, 8)
+    with pytest.raises(ValueError, match="use image_source"):
+        ImageSource(raw, 1, "image")
 
 
 class _SpySource:

@@ -20,6 +20,7 @@ __all__ = [
     "markdown_report",
     "markdown_table",
     "plot_sweep",
+    "sweep_name",
     "write_json",
 ]
 
@@ -88,37 +89,61 @@ def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def fit_sweeps(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per mode, the power law of peak memory growth and step time against depth.
+def sweep_name(config: Mapping[str, Any]) -> str:
+    """The depth sweep a row belongs to: its label without the depth, batch and input.
+
+    ``densenet_bc-100-k12`` at batch 64 on 32x32 is in ``densenet_bc-k12, batch 64,
+    32x32``; rows of one sweep differ in depth alone, so two models' sweeps (DenseNet-BC
+    and FC-DenseNet, or two growth rates) measured in one run stay apart.
+    """
+    depth = str(config.get("depth"))
+    family = "-".join(p for p in str(config["label"]).split("-") if p != depth)
+    name = f"{family or config['model']}, batch {config['batch']}, {_input(config)}"
+    if config.get("amp"):
+        name += f", {config['amp']}"
+    if config.get("device", "cpu") != "cpu":
+        name += f", {config['device']}"
+    return name
+
+
+def fit_sweeps(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per sweep (:func:`sweep_name`) and mode, the power law of peak memory growth and
+    step time against depth.
 
     ``memory`` fits the measured peak (resident growth on CPU, which the allocator
     inflates), ``live`` the live-tensor peak (allocator-independent; ``None`` when a row
-    lacks it). Only the ``sweep`` group is fitted, so every mode is fitted over the same
-    depths.
+    lacks it). Only the ``sweep`` group is fitted, so every mode of a sweep is fitted
+    over the same depths.
     """
-    by_mode: dict[str, list[Mapping[str, Any]]] = {}
+    grouped: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
     for result in results:
         if _ok(result) and result["config"]["group"] == _SWEEP_GROUP:
+            by_mode = grouped.setdefault(sweep_name(result["config"]), {})
             by_mode.setdefault(result["config"]["mode"], []).append(result)
-    fits = {}
-    for mode, rows in by_mode.items():
-        rows = sorted(rows, key=lambda r: r["config"]["depth"])
-        depths = [r["config"]["depth"] for r in rows]
-        memory = fit_power_law(depths, [r["peak_growth_mib"] for r in rows])
-        live_values = [r.get("live_peak_mib") for r in rows]
-        live = (
-            fit_power_law(depths, [float(v) for v in live_values])  # type: ignore[arg-type]
-            if all(v is not None for v in live_values)
-            else None
-        )
-        time = fit_power_law(depths, [r["median_step_s"] for r in rows])
-        fits[mode] = {
-            "depths": depths,
-            "memory": asdict(memory) if memory else None,
-            "live": asdict(live) if live else None,
-            "time": asdict(time) if time else None,
-        }
-    return fits
+    return {
+        sweep: {mode: _fit(rows) for mode, rows in by_mode.items()}
+        for sweep, by_mode in grouped.items()
+    }
+
+
+def _fit(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Power laws of one sweep's rows of one mode."""
+    rows = sorted(rows, key=lambda r: r["config"]["depth"])
+    depths = [r["config"]["depth"] for r in rows]
+    memory = fit_power_law(depths, [r["peak_growth_mib"] for r in rows])
+    live_values = [r.get("live_peak_mib") for r in rows]
+    live = (
+        fit_power_law(depths, [float(v) for v in live_values])  # type: ignore[arg-type]
+        if all(v is not None for v in live_values)
+        else None
+    )
+    time = fit_power_law(depths, [r["median_step_s"] for r in rows])
+    return {
+        "depths": depths,
+        "memory": asdict(memory) if memory else None,
+        "live": asdict(live) if live else None,
+        "time": asdict(time) if time else None,
+    }
 
 
 def _ratio(value: float | None) -> str:
@@ -211,18 +236,20 @@ def _problems(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _fit_table(fits: Mapping[str, Mapping[str, Any]]) -> str:
+def _fit_table(fits: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     lines = [
-        "| mode | memory exponent | memory R² | live-tensor exponent | time exponent | depths |",
-        "|---|---:|---:|---:|---:|---|",
+        "| sweep | mode | memory exponent | memory R² | live-tensor exponent | time exponent "
+        "| depths |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
-    for mode, fit in fits.items():
-        memory, time, live = fit["memory"], fit["time"], fit.get("live")
-        mem = f"{memory['exponent']:.2f} | {memory['r_squared']:.3f}" if memory else " | "
-        liv = f"{live['exponent']:.2f}" if live else ""
-        tim = f"{time['exponent']:.2f}" if time else ""
-        depths = ", ".join(str(d) for d in fit["depths"])
-        lines.append(f"| {mode} | {mem} | {liv} | {tim} | {depths} |")
+    for sweep, by_mode in fits.items():
+        for mode, fit in by_mode.items():
+            memory, time, live = fit["memory"], fit["time"], fit.get("live")
+            mem = f"{memory['exponent']:.2f} | {memory['r_squared']:.3f}" if memory else " | "
+            liv = f"{live['exponent']:.2f}" if live else ""
+            tim = f"{time['exponent']:.2f}" if time else ""
+            depths = ", ".join(str(d) for d in fit["depths"])
+            lines.append(f"| {sweep} | {mode} | {mem} | {liv} | {tim} | {depths} |")
     return "\n".join(lines)
 
 
@@ -266,7 +293,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         markdown_table(payload["results"]),
     ]
     if payload["fits"]:
-        parts += ["", "Power-law fits over the depth sweep (y = c * depth^k):", ""]
+        parts += ["", "Power-law fits over each depth sweep (y = c * depth^k):", ""]
         parts.append(_fit_table(payload["fits"]))
     problems = _problems(payload["results"])
     if problems:
@@ -298,9 +325,10 @@ def plot_sweep(
     fits: Mapping[str, Mapping[str, Any]],
     path: str | Path,
 ) -> bool:
-    """Two log-log panels, peak memory and step time against depth, one line per mode.
+    """Two log-log panels, peak memory and step time against depth, one line per mode of
+    each sweep (:func:`sweep_name`; named in the legend when there are several).
 
-    The legend carries each mode's fitted exponent; ``deep`` rows are drawn as stars.
+    The legend carries each line's fitted exponent; ``deep`` rows are drawn as stars.
     Returns ``False`` (and writes nothing) when there is no successful sweep row.
     """
     sweep = [r for r in results if _ok(r) and r["config"]["group"] in (_SWEEP_GROUP, _DEEP_GROUP)]
@@ -313,25 +341,32 @@ def plot_sweep(
     from matplotlib import ticker
 
     figure, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
-    modes = list(dict.fromkeys(r["config"]["mode"] for r in sweep))
-    for index, mode in enumerate(modes):
+    lines = list(dict.fromkeys((sweep_name(r["config"]), r["config"]["mode"]) for r in sweep))
+    several = len({name for name, _ in lines}) > 1
+    for index, (sweep_id, mode) in enumerate(lines):
         color = f"C{index}"
+        line = f"{sweep_id}: {mode}" if several else mode
         for group, marker, style in ((_SWEEP_GROUP, "o", "-"), (_DEEP_GROUP, "*", "none")):
             rows = sorted(
-                (r for r in sweep if r["config"]["mode"] == mode and r["config"]["group"] == group),
+                (
+                    r
+                    for r in sweep
+                    if (sweep_name(r["config"]), r["config"]["mode"]) == (sweep_id, mode)
+                    and r["config"]["group"] == group
+                ),
                 key=lambda r: r["config"]["depth"],
             )
             if not rows:
                 continue
             depths = [r["config"]["depth"] for r in rows]
-            fit = fits.get(mode, {}) if group == _SWEEP_GROUP else {}
+            fit = fits.get(sweep_id, {}).get(mode, {}) if group == _SWEEP_GROUP else {}
             has_live = all(r.get("live_peak_mib") is not None for r in rows)
             series = [(memory_axis, "peak_growth_mib", "memory", "resident" if has_live else "")]
             if has_live:
                 series.append((memory_axis, "live_peak_mib", "live", "live tensors"))
             series.append((time_axis, "median_step_s", "time", ""))
             for axis, key, kind, what in series:
-                name = f"{mode}, {what}" if what else mode
+                name = f"{line}, {what}" if what else line
                 label = (
                     _legend(name, fit.get(kind)) if group == _SWEEP_GROUP else f"{name}, {group}"
                 )
@@ -348,6 +383,8 @@ def plot_sweep(
     title = (
         f"{first['label'].rsplit('-', 2)[0]}, k={first['model_kwargs'].get('growth_rate')}, "
         f"batch {first['batch']}, {_input(first)}, {first['device']}"
+        if not several
+        else f"{len({name for name, _ in lines})} depth sweeps, {first['device']}"
     )
     for axis, ylabel in (
         (memory_axis, "peak memory (MiB): live tensors, and resident dotted"),

@@ -19,6 +19,8 @@ from concatnets.cli.common import (
     epilog,
     resolve_device,
 )
+from concatnets.cli.predict_command import DEFAULT_TILE_SIZE
+from concatnets.cli.tiled_forward import TiledForward
 from concatnets.data.datasets import LabelledDataset
 from concatnets.data.masks import parse_mask_values
 from concatnets.data.notices import channel_conversion_notice, notice
@@ -159,8 +161,12 @@ def run(args: argparse.Namespace) -> int:
         train=False,
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=args.workers)
+    model = trained.model
+    tile_size = _tile_size(args, trained)
+    if trained.task == "segmentation":
+        model = TiledForward(trained.model, tile_size, batch_size=args.batch_size)
     result = evaluate_model(
-        trained.model,
+        model,
         loader,
         task=trained.task,
         class_names=trained.class_names,
@@ -173,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     epoch = trained.metadata.get("epoch")
     print(f"evaluated {trained.checkpoint.name} (epoch {epoch}) on {description}")
     _print_metrics(result.metrics)
+    if isinstance(model, TiledForward) and model.tiled:
+        print(f"  {model.tiled} image(s) with a side above {tile_size} px evaluated tile by tile")
     summary = {
         "checkpoint": str(trained.checkpoint),
         "epoch": epoch,
@@ -186,14 +194,21 @@ def run(args: argparse.Namespace) -> int:
     plot_confusion_matrix(
         result.confusion.numpy(), trained.class_names, output / "confusion_matrix.png"
     )
-    if trained.task == "segmentation" and args.overlays > 0:
-        _write_overlays(trained, dataset, device, args.overlays, output / "overlays")
+    if isinstance(model, TiledForward) and args.overlays > 0:
+        _write_overlays(trained, model, dataset, device, args.overlays, output / "overlays")
     print(f"wrote {output / 'metrics.json'} and {output / 'confusion_matrix.png'}")
     return 0
 
 
+def _tile_size(args: argparse.Namespace, trained: TrainedModel) -> int:
+    if args.tile_size is not None and args.tile_size < 16:
+        raise ValueError(f"--tile-size {args.tile_size} is too small; use at least 16")
+    return args.tile_size or DEFAULT_TILE_SIZE[trained.spatial_dims]
+
+
 def _write_overlays(
     trained: TrainedModel,
+    model: TiledForward,
     dataset: LabelledDataset,
     device: torch.device,
     count: int,
@@ -202,7 +217,7 @@ def _write_overlays(
     with torch.no_grad():
         for position in range(min(count, len(dataset))):
             item = dataset[position]
-            logits = trained.model(item["image"][None].to(device))
+            logits = model(item["image"][None].to(device))
             prediction = logits.argmax(1)[0].cpu()
             target = crop_to_output(item["target"], tuple(prediction.shape))
             image = crop_to_output(item["image"], tuple(prediction.shape))
@@ -251,7 +266,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--which", choices=("best", "last"), default="best", help="checkpoint of a run folder"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="images (or tiles) per pass (default: 8)"
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        metavar="PX",
+        help="segmentation images with a side above this are evaluated tile by tile, as "
+        "predict does (default: 512; 96 for volumes)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="data loader workers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")

@@ -35,10 +35,17 @@ from concatnets.training.dimensions import dims_mismatch_message
 from concatnets.training.loading import TrainedModel, load_trained_model
 from concatnets.training.plots import save_overlay_panel
 
-__all__ = ["add_parser", "predict_logits", "predict_mask", "run", "tile_size_for"]
+__all__ = [
+    "DEFAULT_TILE_SIZE",
+    "add_parser",
+    "predict_logits",
+    "predict_mask",
+    "run",
+    "tile_size_for",
+]
 
 _FORMATS = ("png", "npy")
-_DEFAULT_TILE_SIZE = {2: 512, 3: 96}  # a 96^3 tile holds about as many voxels as 940^2 pixels
+DEFAULT_TILE_SIZE = {2: 512, 3: 96}  # a 96^3 tile holds about as many voxels as 940^2 pixels
 
 
 def tile_size_for(model: torch.nn.Module, requested: int) -> int:
@@ -283,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     files = _find_inputs(Path(args.input), trained, args.run)
     _check_inputs(trained, files)
     volumes = trained.spatial_dims == 3
-    tile_size = args.tile_size or _DEFAULT_TILE_SIZE[trained.spatial_dims]
+    tile_size = args.tile_size or DEFAULT_TILE_SIZE[trained.spatial_dims]
     if volumes and "png" in formats and trained.task == "segmentation":
         notice("volume masks are written as .npy (D, H, W) arrays: PNG holds 2-D images only")
     output = Path(args.output)

@@ -24,21 +24,12 @@ from torch import Tensor
 from concatnets.engine import NormActPart
 from concatnets.engine.activation import RELU, as_activation
 from concatnets.engine.group_stats import GroupStats, group_norm_act, group_norm_backward
+from concatnets.engine.parts_conv import max_pool_backward
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
 
 __all__ = ["stored_pooling"]
 
 _POOL = {4: F.max_pool2d, 5: F.max_pool3d}
-_POOL_BACKWARD = {
-    4: torch.ops.aten.max_pool2d_with_indices_backward,
-    5: torch.ops.aten.max_pool3d_with_indices_backward,
-}
-
-
-def _geometry(part: NormActPart) -> tuple[list[int], list[int], list[int]]:
-    kernel, stride, padding = part.pool_geometry
-    n = part.tensor.dim() - 2
-    return [kernel] * n, [stride] * n, [padding] * n
 
 
 def _pooled(part: NormActPart, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, ...]:
@@ -50,8 +41,7 @@ def _pooled(part: NormActPart, weight: Tensor | None, bias: Tensor | None) -> tu
         else:
             assert isinstance(part.stats, NormStats)
             y = norm_act(part.tensor, weight, bias, part.stats, activation=True)
-    kernel, stride, padding = _geometry(part)
-    return _POOL[y.dim()](y, kernel, stride, padding, return_indices=True)
+    return _POOL[y.dim()](y, *part.pool_geometry, return_indices=True)
 
 
 class _StoredPooling(torch.autograd.Function):
@@ -69,12 +59,9 @@ class _StoredPooling(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, indices, off = ctx.saved_tensors
         part: NormActPart = ctx.part
-        kernel, stride, padding = _geometry(part)
         grad = grad.masked_fill(off, 0)  # the ReLU's backward, where its output was 0
         del off
-        grad_y = _POOL_BACKWARD[x.dim()](
-            grad, x, kernel, stride, padding, [1] * len(kernel), False, indices
-        )
+        grad_y = max_pool_backward(part, grad, x, indices)  # x: the pooling input's shape
         del grad, indices
         if isinstance(part.stats, GroupStats):
             grad_x, grad_w, grad_b = group_norm_backward(grad_y, x, weight, part.stats)

@@ -16,6 +16,13 @@ naming the file, its size, the limit and how to raise it: the environment variab
 against decompression bombs, e.g. a small 1-bit PNG that decodes to 30000 x 30000 pixels.
 Uncompressed TIFFs above the limit (or that Pillow cannot open, e.g. BigTIFF) are
 memory-mapped through the optional ``tifffile`` package instead, when it is installed.
+
+Integer pixels are scaled by a rule fixed by their type, never by an image's own values
+(:func:`integer_full_scale`): 8-bit types by 255, every wider type by 65535, sign kept.
+A file's declared sample depth is kept: a 16-bit PNG that Pillow < 10.3 opens as a
+32-bit ``"I"`` image is read back as the uint16 it stores. Integers wider than 16 bits
+(int32 ``.npy``, 32-bit TIFF) declare no depth and must hold 16-bit values
+(``|v| <= 65535``); other values are refused with an error naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ __all__ = [
     "ImageInfo",
     "PixelLimitError",
     "array_spatial_dims",
+    "check_integer_range",
+    "integer_full_scale",
     "is_image_file",
     "list_image_files",
     "max_image_pixels",
@@ -288,19 +297,51 @@ def _read_raw(path: Path, mmap: bool = False) -> np.ndarray:
                 return np.load(path, mmap_mode="r", allow_pickle=False)
             return np.asarray(np.load(path, allow_pickle=False))
         with _open_pillow(path) as image:
+            rawmode = _declared_rawmode(image)
             image.load()
-            return _pil_to_array(image)
+            return _pil_to_array(image, rawmode)
     except PixelLimitError:
         raise
     except _DECODE_ERRORS as exc:
         raise _unreadable(path, exc) from exc
 
 
-def _pil_to_array(image: Image.Image) -> np.ndarray:
+def _declared_rawmode(image: Image.Image) -> str | None:
+    """The raw mode in which the file stores its samples (``'I;16B'`` for a 16-bit PNG),
+    known until the image is loaded; ``None`` where Pillow does not say."""
+    tile = getattr(image, "tile", None) or ()
+    if not tile or len(tile[0]) < 4:
+        return None
+    args = tile[0][3]
+    if isinstance(args, tuple):
+        args = args[0] if args else None
+    return args if isinstance(args, str) else None
+
+
+def _declared_dtype(mode: str, rawmode: str | None) -> np.dtype | None:
+    """The dtype a Pillow image of ``mode`` decoded from ``rawmode`` samples stores.
+
+    Pillow widens 8- and 16-bit samples to 32-bit ``"I"`` images (16-bit PNGs before
+    Pillow 10.3): their declared depth, not the values, sets the scale.
+    """
+    if mode.startswith("I;16"):
+        return np.dtype(np.uint16)
+    if mode != "I" or rawmode is None:
+        return None
+    signed = rawmode.endswith("S")
+    if rawmode.startswith("I;16"):
+        return np.dtype(np.int16 if signed else np.uint16)
+    if rawmode.startswith("I;8"):
+        return np.dtype(np.int8 if signed else np.uint8)
+    return None
+
+
+def _pil_to_array(image: Image.Image, rawmode: str | None = None) -> np.ndarray:
     if image.mode == "1":
         return np.asarray(image, dtype=np.uint8)
-    if image.mode == "I;16" or image.mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)
+    declared = _declared_dtype(image.mode, rawmode)
+    if declared is not None:
+        return np.asarray(image).astype(declared)
     return np.asarray(image)
 
 
@@ -308,7 +349,8 @@ def read_image(path: Path, mmap: bool = False) -> np.ndarray:
     """Read an input image as ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour).
 
     Palette images become RGB, alpha channels are dropped and single-channel 3-D
-    arrays are squeezed. The dtype is kept (uint8, uint16 or float). A ``.npy``
+    arrays are squeezed. The dtype is kept (uint8, uint16 or float; a file's declared
+    sample depth rather than Pillow's 32-bit widening of it). A ``.npy``
     volume is returned as ``(D, H, W)`` (one channel) or ``(D, H, W, C)``.
 
     Args:
@@ -320,17 +362,19 @@ def read_image(path: Path, mmap: bool = False) -> np.ndarray:
     if path.suffix.lower() != ".npy":
         try:
             with _open_pillow(path) as image:
+                rawmode = _declared_rawmode(image)
                 image.load()
                 if image.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBA"):
                     image = image.convert("RGB")
                 elif image.mode in ("LA", "PA"):
                     image = image.convert("L")
-                array = _pil_to_array(image)
+                array = _pil_to_array(image, rawmode)
         except (PixelLimitError, *_DECODE_ERRORS) as exc:
             array = _tiff_instead(path, exc)
     else:
         array = _read_raw(path, mmap)
     _channels_of_array(array, path)
+    check_integer_range(array, path)
     if array_spatial_dims(array.shape) == 3:
         return array[..., 0] if array.ndim == 4 and array.shape[-1] == 1 else array
     if array.ndim == 3:
@@ -391,26 +435,65 @@ def _volume_mask(array: np.ndarray, path: Path) -> np.ndarray:
     return _integer_mask(array, path)
 
 
-def to_float_image(array: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
-    """Scale an image to float32 in roughly [0, 1] and lay it out as ``(C, H, W)``.
+_FULL_SCALE_8_BIT = 255.0
+_FULL_SCALE = 65535.0
 
-    uint8 and uint16 images are divided by 255 and 65535, wider integers by the
-    smallest of those ranges that holds their values; float images are kept as they are.
+
+def integer_full_scale(dtype: np.dtype) -> float:
+    """The value that becomes 1.0 in :func:`to_float_image` for an integer ``dtype``.
+
+    255 for 8-bit types, 65535 (the 16-bit full scale) for every wider one, signed or
+    not: a property of the stored type, so every image of a dataset shares it.
+    """
+    return _FULL_SCALE_8_BIT if np.dtype(dtype).itemsize == 1 else _FULL_SCALE
+
+
+def check_integer_range(array: np.ndarray, source: str | Path | None = None) -> None:
+    """Refuse integers wider than 16 bits holding values beyond ``+-65535``.
+
+    Such types (int32 ``.npy``, 32-bit TIFF) declare no bit depth, so they are read as
+    16-bit samples (:func:`integer_full_scale`); larger values have no scale to read.
+
+    Args:
+        array: An image or volume as stored.
+        source: The file (or sample) named in the error.
+    """
+    if array.dtype.kind not in "iu" or array.dtype.itemsize <= 2 or array.size == 0:
+        return
+    low, high = int(array.min()), int(array.max())
+    if low >= -_FULL_SCALE and high <= _FULL_SCALE:
+        return
+    where = f"{source}: " if source is not None else ""
+    raise ValueError(
+        f"{where}{array.dtype} image holds values from {low} to {high}, beyond the 16-bit "
+        "range (|value| <= 65535) that integer images wider than 16 bits are scaled by "
+        "(65535 is 1.0); save it as float32 scaled as you want, e.g. "
+        "np.save(path, (image / image_max).astype(np.float32)), or as uint16"
+    )
+
+
+def to_float_image(
+    array: np.ndarray, spatial_dims: int = 2, source: str | Path | None = None
+) -> np.ndarray:
+    """Scale an image to float32 and lay it out as ``(C, H, W)``.
+
+    Integers are divided by :func:`integer_full_scale` of their type (uint8 by 255,
+    uint16 and wider by 65535; signed values keep their sign, so they land in
+    [-1, 1]); bools become 0 and 1, float images are kept as they are. The scale never
+    depends on the image's values, so images of one dataset are scaled alike.
 
     Args:
         array: ``(H, W)`` or ``(H, W, C)`` image; with ``spatial_dims=3`` a
             ``(D, H, W)`` or ``(D, H, W, C)`` volume, returned as ``(C, D, H, W)``.
         spatial_dims: 2 for images, 3 for volumes.
+        source: The file named when integers wider than 16 bits are out of range
+            (:func:`check_integer_range`).
     """
     if array.dtype == np.bool_:
         scaled = array.astype(np.float32)
-    elif array.dtype in (np.uint8, np.uint16):
-        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
     elif np.issubdtype(array.dtype, np.integer):
-        # 16-bit PNGs may open as 32-bit "I" images: scale by the smallest range that fits.
-        peak = int(array.max(initial=0))
-        scale = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else float(peak)
-        scaled = array.astype(np.float32) / scale
+        check_integer_range(array, source)
+        scaled = array.astype(np.float32) / integer_full_scale(array.dtype)
     else:
         scaled = array.astype(np.float32)
     if scaled.ndim == spatial_dims:

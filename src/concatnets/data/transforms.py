@@ -277,6 +277,12 @@ class SizePolicy:
         return image, mask
 
 
+def _clip_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` clipped to the range of the integer ``dtype`` (negatives included)."""
+    info = np.iinfo(dtype)
+    return np.clip(values, info.min, info.max).astype(dtype)
+
+
 def match_channels(array: np.ndarray, channels: int, spatial_dims: int = 2) -> np.ndarray:
     """Convert an ``(H, W)`` or ``(H, W, 3)`` image to ``channels`` (1 or 3) channels.
 
@@ -303,7 +309,7 @@ def match_channels(array: np.ndarray, channels: int, spatial_dims: int = 2) -> n
         return (
             grey.astype(array.dtype)
             if np.issubdtype(array.dtype, np.floating)
-            else (np.clip(np.round(grey), 0, np.iinfo(array.dtype).max).astype(array.dtype))
+            else _clip_to(np.round(grey), array.dtype)
         )
     if channels == 3 and array.ndim == 2:
         return np.repeat(array[..., None], 3, axis=-1)

@@ -34,7 +34,14 @@ from concatnets.engine.pointwise_choice import chosen_conv_backward, chosen_conv
 from concatnets.engine.precision import check_input_dtype, in_engine_precision
 from concatnets.engine.stats import NormStats, norm_act, norm_act_backward
 
-__all__ = ["NormActPart", "norm_act_conv", "normalize_parts", "part_value", "source_conv_output"]
+__all__ = [
+    "NormActPart",
+    "max_pool_backward",
+    "norm_act_conv",
+    "normalize_parts",
+    "part_value",
+    "source_conv_output",
+]
 
 
 @dataclass(frozen=True)
@@ -355,22 +362,37 @@ def _spatial_size(part: NormActPart, size: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(s * factor for s in part.pooled_size(size))
 
 
+_MAX_POOL_BACKWARD = {
+    4: torch.ops.aten.max_pool2d_with_indices_backward,
+    5: torch.ops.aten.max_pool3d_with_indices_backward,
+}
+
+
+def max_pool_backward(part: NormActPart, grad_pooled: Tensor, y: Tensor, indices: Tensor) -> Tensor:
+    """Gradient for ``y`` of ``part``'s 2-D or 3-D max pooling of ``y``, scattered with the
+    pooling's argmax ``indices`` by the kernel autograd itself runs.
+
+    Args:
+        part: The part whose :attr:`NormActPart.pool_geometry` the pooling used.
+        grad_pooled: Gradient of the pooled map.
+        y: The pooling's input, or any tensor of its shape, dtype and device (only those
+            are read).
+        indices: ``return_indices=True`` output of the pooling.
+    """
+    kernel, stride, padding = part.pool_geometry
+    n = y.dim() - 2
+    return _MAX_POOL_BACKWARD[y.dim()](
+        grad_pooled, y, [kernel] * n, [stride] * n, [padding] * n, [1] * n, False, indices
+    )
+
+
 def _pool_backward(
     part: NormActPart, grad_pooled: Tensor, y: Tensor, indices: Tensor | None = None
 ) -> Tensor:
     """Gradient of ``_max_pool(part, y)`` for ``y``: with the recomputed pooling's
     ``indices`` the kernel autograd runs, else the pooling finds its argmax again."""
     if indices is not None:
-        kernel, stride, padding = part.pool_geometry
-        backward = (
-            torch.ops.aten.max_pool2d_with_indices_backward
-            if y.dim() == 4
-            else torch.ops.aten.max_pool3d_with_indices_backward
-        )
-        n = y.dim() - 2
-        return backward(
-            grad_pooled, y, [kernel] * n, [stride] * n, [padding] * n, [1] * n, False, indices
-        )
+        return max_pool_backward(part, grad_pooled, y, indices)
     with torch.enable_grad():
         y_leaf = y.detach().requires_grad_()
         (grad_y,) = torch.autograd.grad(_max_pool(part, y_leaf), y_leaf, grad_pooled)

@@ -25,8 +25,13 @@ _EPSILON = 1e-6  # as concatnets.data.transforms.normalize_image
 
 
 def _streamable(array: np.ndarray) -> bool:
-    """Dtypes whose float conversion is per pixel (wider integers scale by their maximum)."""
-    return array.dtype in (np.uint8, np.uint16, np.bool_) or np.issubdtype(array.dtype, np.floating)
+    """Dtypes whose float conversion is per pixel: bools, floats and integers (whose
+    scale is fixed by their type, :func:`~concatnets.data.io.integer_full_scale`)."""
+    return (
+        array.dtype == np.bool_
+        or np.issubdtype(array.dtype, np.integer)
+        or np.issubdtype(array.dtype, np.floating)
+    )
 
 
 class ImageSource:
@@ -34,7 +39,7 @@ class ImageSource:
 
     Args:
         array: ``(H, W)`` / ``(H, W, 3)`` image or ``(D, H, W)`` / ``(D, H, W, C)`` volume
-            as read from disk (a memory map works too); uint8, uint16, bool or float.
+            as read from disk (a memory map works too); integer, bool or float.
         channels: Channels the model takes.
         normalization: ``'dataset'`` (the training split's ``statistics``), ``'image'``
             (each channel standardized over the whole image) or ``'unit'``.
@@ -53,7 +58,7 @@ class ImageSource:
         if normalization not in _STREAMED_NORMALIZATIONS or not _streamable(array):
             raise ValueError(
                 f"ImageSource reads {', '.join(_STREAMED_NORMALIZATIONS)} normalization of "
-                f"uint8, uint16, bool or float images, not {normalization!r} of {array.dtype}; "
+                f"integer, bool or float images, not {normalization!r} of {array.dtype}; "
                 "use image_source(), which falls back to converting the whole image"
             )
         self.array = array
