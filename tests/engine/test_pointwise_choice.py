@@ -59,8 +59,8 @@ def test_cpu_probe_decides_once_per_key(
     assert first.kernel == again.kernel == chosen
     assert first.source == "probe" and first.probe_seconds == {"gemm": gemm, "conv": conv}
     assert calls == [(torch.float32, False)]
-    decide_pointwise("cpu", torch.bfloat16, True)
-    assert calls[-1] == (torch.bfloat16, True)  # another key probes again
+    decide_pointwise("cpu", torch.float32, True)
+    assert calls[-1] == (torch.float32, True)  # another key probes again
 
 
 def test_rules_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,6 +70,7 @@ def test_rules_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert decide_pointwise("cuda", torch.float16, True).kernel == "conv"  # rule: cuDNN
     assert decide_pointwise("cpu", torch.float64, False).kernel == "gemm"  # rule: checks
+    assert decide_pointwise("cpu", torch.bfloat16, False).kernel == "conv"  # rule: memory
     assert calls == []
     monkeypatch.setenv("CONCATNETS_POINTWISE", "gemm")
     assert decide_pointwise("cpu", torch.float32, False).source == "env"

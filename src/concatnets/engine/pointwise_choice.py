@@ -9,13 +9,19 @@ px 1.0x; bfloat16 0.4-0.7x at 32 x 32 px, 1.2-1.35x at 7 x 7 px. Whole DenseNet 
 densenet_bc_100 0.87x (float32) and 0.91x (bfloat16) the engine's step time with the
 convolution kernel, densenet121 1.00x and 1.01x.
 
+In bfloat16 the matrix product is faster but costs resident memory outside tensors:
+densenet121 batch 8 (224 px) under CPU autocast grew the resident set by 368-421 MiB at
+the step's peak with it against 283-290 MiB with the convolution (plain script, two hash
+seeds, ASLR off; the live tensors are the same), densenet_bc_100 0.37x naive against
+0.34x. So float16 and bfloat16 keep the convolution by rule.
+
 The choice, per key (device, dtype, whether the input is channels-last, torch threads),
 comes from, in precedence: :func:`set_pointwise_kernel`, the environment variable
-``CONCATNETS_POINTWISE``, then ``"auto"``: on CPU a probe at first use that times both
-kernels on two bottleneck shapes (a DenseNet's first and third block) in alternation and
-keeps the matrix product unless the convolution is faster by more than
+``CONCATNETS_POINTWISE``, then ``"auto"``: for float32 on CPU a probe at first use that
+times both kernels on two bottleneck shapes (a DenseNet's first and third block) in
+alternation and keeps the matrix product unless the convolution is faster by more than
 :data:`GEMM_TOLERANCE` over both; float64 (checks and tests) takes the matrix product by
-rule; on CUDA the convolution (cuDNN) by rule, untimed. Graphs traced by ``torch.compile``
+rule, float16/bfloat16 the convolution; on CUDA the convolution (cuDNN) by rule, untimed. Graphs traced by ``torch.compile``
 keep the convolution.
 """
 
@@ -182,6 +188,8 @@ def _auto(key: PointwiseKey, device: torch.device) -> PointwiseDecision:
         return PointwiseDecision("conv", "rule")
     if key.dtype == torch.float64:  # checks and tests: no oneDNN kernel to compare with
         return PointwiseDecision("gemm", "rule")
+    if key.dtype in (torch.float16, torch.bfloat16):  # the resident set grows: see above
+        return PointwiseDecision("conv", "rule")
     with _lock:
         if key not in _probed:
             seconds = probe_pointwise(key.dtype, key.channels_last)
