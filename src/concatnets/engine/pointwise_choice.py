@@ -21,8 +21,8 @@ comes from, in precedence: :func:`set_pointwise_kernel`, the environment variabl
 times both kernels on two bottleneck shapes (a DenseNet's first and third block) in
 alternation and keeps the matrix product unless the convolution is faster by more than
 :data:`GEMM_TOLERANCE` over both; float64 (checks and tests) takes the matrix product by
-rule, float16/bfloat16 the convolution; on CUDA the convolution (cuDNN) by rule, untimed. Graphs traced by ``torch.compile``
-keep the convolution.
+rule, float16/bfloat16 the convolution; on CUDA the convolution (cuDNN) by rule, untimed.
+Graphs traced by ``torch.compile`` keep the convolution.
 """
 
 from __future__ import annotations
