@@ -7,6 +7,17 @@ size before the first step (after one tiny sanity batch that sizes the target).
 
     python scripts/plain_script_memory.py densenet121 efficient 8 224 3
     CONCATNETS_MALLOC=system python scripts/plain_script_memory.py densenet121 efficient 8 224 3
+
+The resident figure depends on the order of glibc's heap allocations, which address space
+randomisation changes: one PYTHONHASHSEED gave 740, 866 and 1016 MiB (densenet_bc_100
+batch 64, step 3) in three runs. For an A/B comparison run every variant under
+``setarch x86_64 -R`` (randomisation off for that process only; repeated runs then agree
+to 0.2 MiB) over several PYTHONHASHSEED values, and compare ranges: any change of the
+allocation order moves the figure (editing this docstring moved seed 0's step 3 from 960
+to 905 MiB), so a difference within the spread over seeds is no effect.
+
+    PYTHONHASHSEED=0 setarch x86_64 -R \
+        python scripts/plain_script_memory.py densenet_bc_100 efficient 64 32 3
 """
 
 from __future__ import annotations
