@@ -173,3 +173,25 @@ def test_predict_can_write_the_original_0_255_values(tmp_path):
     values = np.unique(np.asarray(Image.open(output / "masks" / "s0.png")))
     assert set(values.tolist()) <= {0, 255}
     assert not (output / "overlays").exists()
+
+
+def test_resume_restores_the_engine_choices_the_run_recorded(tmp_path):
+    from concatnets.engine.layout_choice import clear_layout_decisions, layout_decisions
+
+    run = tmp_path / "run"
+    base = ["train", *UNET_TINY, "--memory-efficient", "--num-images", "8", "--image-size", "32"]
+    clear_layout_decisions()
+    assert main([*base, *FAST, "--output", str(run)]) == 0
+    record = json.loads((run / "last.json").read_text())
+    rows = record["metadata"]["engine_choices"]["layout"]
+    assert rows  # the engine timed its layout in the first run
+    # Flip the recorded choice: the resumed run must take it instead of timing again.
+    flipped = {"channels_last": "contiguous", "contiguous": "channels_last"}
+    for row in rows:
+        row["layout"] = flipped[row["layout"]]
+    (run / "last.json").write_text(json.dumps(record))
+    clear_layout_decisions()  # as in a new process
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    used = {(d.layout, d.source) for d in layout_decisions().values()}
+    assert used == {(rows[0]["layout"], "restored")}
+    clear_layout_decisions()

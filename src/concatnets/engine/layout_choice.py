@@ -42,7 +42,9 @@ __all__ = [
     "decide_layout",
     "layout_decisions",
     "layout_setting",
+    "pin_probed",
     "preferred_layout",
+    "probed_decisions",
     "set_layout",
     "use_layout",
 ]
@@ -68,7 +70,8 @@ class LayoutDecision:
     """A chosen layout and where it came from.
 
     ``source`` is ``use_layout``, ``set_layout``, ``env`` (the override that decided),
-    ``probe`` (CPU timing, ``probe_seconds`` holds the best time per layout) or ``rule``
+    ``probe`` (CPU timing, ``probe_seconds`` holds the best time per layout), ``restored``
+    (a resumed run's recorded probe result) or ``rule``
     (CUDA; float64, whose convolutions are not oneDNN's; a rank without channels-last).
     """
 
@@ -172,6 +175,20 @@ def preferred_layout(x: Tensor) -> torch.memory_format:
     if decision.layout == "contiguous":
         return torch.contiguous_format
     return channels_last_format(x.dim())
+
+
+def probed_decisions() -> dict[LayoutKey, LayoutDecision]:
+    """The probe results of this process (or restored ones, see :func:`pin_probed`)."""
+    with _lock:
+        return dict(_probed)
+
+
+def pin_probed(key: LayoutKey, layout: str) -> None:
+    """Take ``layout`` as the probe's result for ``key`` (a resumed run's recorded one)."""
+    if layout not in ("channels_last", "contiguous"):
+        raise ValueError(f"a restored layout must be channels_last or contiguous, got {layout!r}")
+    with _lock:
+        _probed[key] = LayoutDecision(layout, "restored")
 
 
 def layout_decisions() -> dict[LayoutKey, LayoutDecision]:

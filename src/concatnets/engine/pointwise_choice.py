@@ -59,7 +59,9 @@ __all__ = [
     "chosen_conv_forward",
     "clear_pointwise_decisions",
     "decide_pointwise",
+    "pin_probed",
     "pointwise_decisions",
+    "probed_decisions",
     "set_pointwise_kernel",
     "time_pointwise_step",
     "use_gemm",
@@ -94,7 +96,8 @@ class PointwiseDecision:
     """A chosen kernel (``gemm`` or ``conv``) and where it came from.
 
     ``source`` is ``set_pointwise_kernel``, ``env``, ``probe`` (``probe_seconds`` holds
-    each kernel's summed best seconds over :data:`PROBE_SHAPES`) or ``rule``.
+    each kernel's summed best seconds over :data:`PROBE_SHAPES`), ``restored`` (a resumed
+    run's recorded probe result) or ``rule``.
     """
 
     kernel: str
@@ -241,6 +244,20 @@ def chosen_conv_backward(
     if _runs_gemm(conv, x):
         return pointwise_backward(grad_out, x, weight, has_bias=has_bias)
     return conv_backward(conv, grad_out, x, weight, has_bias=has_bias)
+
+
+def probed_decisions() -> dict[PointwiseKey, PointwiseDecision]:
+    """The probe results of this process (or restored ones, see :func:`pin_probed`)."""
+    with _lock:
+        return dict(_probed)
+
+
+def pin_probed(key: PointwiseKey, kernel: str) -> None:
+    """Take ``kernel`` as the probe's result for ``key`` (a resumed run's recorded one)."""
+    if kernel not in ("gemm", "conv"):
+        raise ValueError(f"a restored 1x1 convolution kernel must be gemm or conv, got {kernel!r}")
+    with _lock:
+        _probed[key] = PointwiseDecision(kernel, "restored")
 
 
 def pointwise_decisions() -> dict[PointwiseKey, PointwiseDecision]:

@@ -39,6 +39,7 @@ from concatnets.data.transforms import (
     SizePolicy,
     parse_augmentations,
 )
+from concatnets.engine.choices import restore_engine_choices
 from concatnets.models import create_model, get_model_spec
 from concatnets.models.external import conversion_report
 from concatnets.training.border_weights import unet_weight_map
@@ -528,6 +529,13 @@ def _restore(trainer: Trainer, checkpoint: Checkpoint, config: TrainConfig) -> b
         Whether the schedule must be rebuilt (new length or new learning rate).
     """
     same_length = checkpoint.metadata.get("config", {}).get("epochs") == config.epochs
+    try:  # the engine computes as the interrupted run did (timed choices, see engine.choices)
+        restore_engine_choices(checkpoint.metadata.get("engine_choices") or {})
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(
+            f"checkpoint {checkpoint.path} has unreadable engine choices ({exc}); it was "
+            "damaged or edited; remove its 'engine_choices' entry to let the engine choose again"
+        ) from exc
     trainer.restore(checkpoint, scheduler=same_length)
     lr_changed = _apply_changed_hyperparameters(trainer, checkpoint, config)
     return lr_changed or not same_length

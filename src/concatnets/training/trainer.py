@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from concatnets.data.datasets import LabelledDataset
 from concatnets.data.notices import notice
+from concatnets.engine.choices import engine_choice_rows
 from concatnets.training.checkpoint import Checkpoint, save_checkpoint
 from concatnets.training.distributed import (
     DistributedContext,
@@ -411,6 +412,8 @@ class Trainer:
                 "steps_done_in_next_epoch": self.state.epoch_step,
             },
             "trainer": self.state.to_json(),
+            # Timed kernel and layout choices, restored on --resume (engine.choices).
+            "engine_choices": engine_choice_rows(),
         }
 
     def rng_tensors(self) -> dict[str, Tensor]:
