@@ -51,6 +51,8 @@ def test_matrix_forms_are_views_of_the_same_memory() -> None:
     assert pixels is not None and pixels.shape == (24, 3)
     torch.testing.assert_close(pixels[13], last[1, 2:5, 0, 1])
     assert as_matrices(buffer.transpose(2, 3)) is None  # neither form without a copy
+    assert as_matrices(torch.randn(2, 5, 3).transpose(1, 2).transpose(1, 2)) is not None
+    assert as_matrices(torch.randn(2, 3, 5).transpose(1, 2)) is None  # 1-D maps: no such format
     assert as_matrices(buffer[:, :, ::2]) is None
 
 

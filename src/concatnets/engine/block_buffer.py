@@ -16,6 +16,9 @@ BN -> ReLU -> 3x3 conv -> dropout (Jégou et al. 2017):
   mean and variance are the same numbers (only the affine parameters differ). Running
   statistics are updated once per layer per forward, exactly as in the naive network. The
   moments of every output channel are returned for whatever normalises the output next.
+* A bottleneck's 1x1 convolution may run as a matrix product into the block's workspace
+  (:mod:`concatnets.engine.pointwise`, chosen per machine): its chunks add into one
+  output, and each chunk's input gradient goes into a reused slot.
 * Backward walks the layers in reverse, recomputes the normalised, rectified input of each
   layer from the saved statistics, and accumulates input gradients in place in one shared
   gradient buffer (no per-layer gradient tensors kept alive by narrow views).

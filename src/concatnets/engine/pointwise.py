@@ -77,14 +77,15 @@ def _pixels_mergeable(t: Tensor) -> bool:
 def as_matrices(t: Tensor) -> Tensor | None:
     """``t`` ``(N, C, *spatial)`` as matrices without a copy, or None when its strides
     allow neither form: ``(N, C, pixels)`` for the default layout (also a channel slice of
-    a wider tensor) and ``(N * pixels, C)`` for channels-last."""
+    a wider tensor) and ``(N * pixels, C)`` for channels-last (2-D and 3-D maps only, the
+    ranks with a channels-last memory format)."""
     if t.dim() < 3:
         return None
     batch, channels = t.shape[0], t.shape[1]
     pixels = math.prod(t.shape[2:])
     if _spatial_contiguous(t):
         return t.as_strided((batch, channels, pixels), (t.stride(0), t.stride(1), 1))
-    if _pixels_mergeable(t) and pixels > 1:
+    if t.dim() in (4, 5) and _pixels_mergeable(t) and pixels > 1:  # a channels-last format
         pixel_stride = t.stride(-1)
         return t.as_strided((batch * pixels, channels), (pixel_stride, 1))
     return None
