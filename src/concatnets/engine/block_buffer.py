@@ -361,7 +361,7 @@ def _write_parts(
     """
     first = parts[0]
     full = _reserved_buffer(first, total + spare_channels)
-    written = 1 if full is not None else 0  # parts already in place
+    first_in_place = full is not None  # the first part is already the buffer's start
     if full is None:
         shape = (first.shape[0], total + spare_channels, *first.shape[2:])
         full = _pooled(shape, first)  # (N, C0 + L*k + spare, *spatial)
@@ -374,7 +374,7 @@ def _write_parts(
     start = 0
     for index, (part, known) in enumerate(zip(parts, part_moments, strict=True)):
         width = part.shape[1]
-        if index >= written:
+        if index > 0 or not first_in_place:
             buffer.narrow(1, start, width).copy_(part)
         if means is not None and variances is not None:
             m, v = known if known is not None else batch_moments(part)
