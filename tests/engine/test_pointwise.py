@@ -146,3 +146,28 @@ def test_mismatched_forms_are_refused() -> None:
     out = torch.empty(2, 3, 3, 3).contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="same matrix form"):
         pointwise_forward(x, torch.randn(3, 4, 1, 1), None, out=out)
+
+
+def test_weight_gradient_is_summed_a_group_of_samples_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concatnets.engine import pointwise
+
+    torch.manual_seed(4)
+    x = torch.randn(7, 6, 3, 3, dtype=torch.float64)
+    weight = torch.randn(5, 6, 1, 1, dtype=torch.float64)
+    grad = torch.randn(7, 5, 3, 3, dtype=torch.float64)
+    _, _, gw_ref, _ = _reference(x, weight, None, grad)
+    matmuls: list[int] = []
+    original = torch.matmul
+
+    def counting(a: torch.Tensor, b: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        matmuls.append(a.shape[0])
+        return original(a, b, **kwargs)
+
+    monkeypatch.setattr(pointwise, "_WEIGHT_GRAD_ELEMENTS", 2 * 5 * 6)  # two samples a group
+    monkeypatch.setattr(pointwise.torch, "matmul", counting)
+    _, gw, _ = pointwise_backward(grad, x, weight, has_bias=False)
+    monkeypatch.undo()
+    torch.testing.assert_close(gw, gw_ref)
+    assert matmuls[1:] == [2, 2, 2, 1]  # after the input gradient: groups of 2, 2, 2, 1

@@ -152,6 +152,26 @@ def pointwise_forward(
     return out
 
 
+#: Elements of the per-sample weight gradients ``(samples, C_out, C_in)`` summed at a time
+#: in the default layout (4 MiB of float32): the whole batch of a DenseNet bottleneck at the
+#: batches benchmarked here, a bounded transient at any batch size.
+_WEIGHT_GRAD_ELEMENTS = 2**20
+
+
+def _batched_weight_grad(grad: Tensor, x: Tensor, sum_dtype: torch.dtype) -> Tensor:
+    """``sum_n grad[n] @ x[n]^T`` for ``(N, C_out, pixels)`` and ``(N, C_in, pixels)``
+    batches, a group of samples at a time (see :data:`_WEIGHT_GRAD_ELEMENTS`)."""
+    batch, out_channels, in_channels = grad.shape[0], grad.shape[1], x.shape[1]
+    step = max(1, _WEIGHT_GRAD_ELEMENTS // max(out_channels * in_channels, 1))
+    total: Tensor | None = None
+    for start in range(0, batch, step):
+        group = torch.matmul(grad[start : start + step], x[start : start + step].transpose(1, 2))
+        part = group.sum(0, dtype=sum_dtype)
+        total = part if total is None else total.add_(part)
+    assert total is not None
+    return total
+
+
 def pointwise_backward(
     grad_out: Tensor,
     x: Tensor,
@@ -179,8 +199,7 @@ def pointwise_backward(
     sum_dtype = stats_dtype(dtype)
     if gm.dim() == 3:
         torch.matmul(w.t(), gm, out=im)
-        per_sample = torch.matmul(gm, xm.transpose(1, 2))  # (N, C_out, C_in)
-        grad_w = per_sample.sum(0, dtype=sum_dtype)
+        grad_w = _batched_weight_grad(gm, xm, sum_dtype)
         grad_b = gm.sum((0, 2), dtype=sum_dtype) if has_bias else None
     else:
         torch.mm(gm, w, out=im)
