@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from concatnets.engine.choice_cache import ChoiceCache
 from concatnets.engine.layout import channels_last_format
 from concatnets.engine.layout_probe import PROBE_SHAPES, probe_cpu_layout
 
@@ -86,9 +86,7 @@ _process_setting: str | None = None
 _context_setting: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "concatnets_layout", default=None
 )
-_probed: dict[LayoutKey, LayoutDecision] = {}
-_decided: dict[LayoutKey, LayoutDecision] = {}
-_lock = threading.Lock()
+_choices: ChoiceCache[LayoutKey, LayoutDecision] = ChoiceCache()
 
 
 def _checked(setting: str, where: str) -> str:
@@ -134,13 +132,12 @@ def _auto(key: LayoutKey, device: torch.device) -> LayoutDecision:
         )
     if key.dtype not in _PROBED_DTYPES:  # float64 (checks and tests): no oneDNN kernels
         return LayoutDecision("channels_last", "rule")
-    with _lock:
-        if key not in _probed:
-            probe = probe_cpu_layout(key.spatial_rank, key.dtype)
-            _probed[key] = LayoutDecision(
-                probe.layout, "probe", probe.seconds, probe.rounds, probe.shape
-            )
-        return _probed[key]
+    return _choices.probed_or(key, lambda: _probe_decision(key))
+
+
+def _probe_decision(key: LayoutKey) -> LayoutDecision:
+    probe = probe_cpu_layout(key.spatial_rank, key.dtype)
+    return LayoutDecision(probe.layout, "probe", probe.seconds, probe.rounds, probe.shape)
 
 
 def decide_layout(
@@ -156,8 +153,7 @@ def decide_layout(
         decision = _auto(key, device)
     else:
         decision = LayoutDecision(setting, source)
-    _decided[key] = decision
-    return decision
+    return _choices.record(key, decision)
 
 
 def preferred_layout(x: Tensor) -> torch.memory_format:
@@ -179,25 +175,21 @@ def preferred_layout(x: Tensor) -> torch.memory_format:
 
 def probed_decisions() -> dict[LayoutKey, LayoutDecision]:
     """The probe results of this process (or restored ones, see :func:`pin_probed`)."""
-    with _lock:
-        return dict(_probed)
+    return _choices.probed()
 
 
 def pin_probed(key: LayoutKey, layout: str) -> None:
     """Take ``layout`` as the probe's result for ``key`` (a resumed run's recorded one)."""
     if layout not in ("channels_last", "contiguous"):
         raise ValueError(f"a restored layout must be channels_last or contiguous, got {layout!r}")
-    with _lock:
-        _probed[key] = LayoutDecision(layout, "restored")
+    _choices.pin(key, LayoutDecision(layout, "restored"))
 
 
 def layout_decisions() -> dict[LayoutKey, LayoutDecision]:
     """The latest decision per key made in this process (a copy)."""
-    return dict(_decided)
+    return _choices.decided()
 
 
 def clear_layout_decisions() -> None:
     """Forget every decision and probe result: the next use probes again."""
-    with _lock:
-        _probed.clear()
-        _decided.clear()
+    _choices.clear()

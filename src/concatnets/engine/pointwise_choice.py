@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
+from concatnets.engine.choice_cache import ChoiceCache
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.kernel_timing import best_alternating
 from concatnets.engine.layout import channels_last_format
@@ -106,9 +106,7 @@ class PointwiseDecision:
 
 
 _process_setting: str | None = None
-_probed: dict[PointwiseKey, PointwiseDecision] = {}
-_decided: dict[PointwiseKey, PointwiseDecision] = {}
-_lock = threading.Lock()
+_choices: ChoiceCache[PointwiseKey, PointwiseDecision] = ChoiceCache()
 
 
 def _checked(setting: str, where: str) -> str:
@@ -193,11 +191,12 @@ def _auto(key: PointwiseKey, device: torch.device) -> PointwiseDecision:
         return PointwiseDecision("gemm", "rule")
     if key.dtype in (torch.float16, torch.bfloat16):  # the resident set grows: see above
         return PointwiseDecision("conv", "rule")
-    with _lock:
-        if key not in _probed:
-            seconds = probe_pointwise(key.dtype, key.channels_last)
-            _probed[key] = PointwiseDecision(_choose(seconds), "probe", seconds)
-        return _probed[key]
+    return _choices.probed_or(key, lambda: _probe_decision(key))
+
+
+def _probe_decision(key: PointwiseKey) -> PointwiseDecision:
+    seconds = probe_pointwise(key.dtype, key.channels_last)
+    return PointwiseDecision(_choose(seconds), "probe", seconds)
 
 
 def decide_pointwise(
@@ -208,8 +207,7 @@ def decide_pointwise(
     key = PointwiseKey(str(device), dtype, channels_last, torch.get_num_threads())
     setting, source = _setting()
     decision = _auto(key, device) if setting == "auto" else PointwiseDecision(setting, source)
-    _decided[key] = decision
-    return decision
+    return _choices.record(key, decision)
 
 
 def use_gemm(x: Tensor) -> bool:
@@ -248,25 +246,21 @@ def chosen_conv_backward(
 
 def probed_decisions() -> dict[PointwiseKey, PointwiseDecision]:
     """The probe results of this process (or restored ones, see :func:`pin_probed`)."""
-    with _lock:
-        return dict(_probed)
+    return _choices.probed()
 
 
 def pin_probed(key: PointwiseKey, kernel: str) -> None:
     """Take ``kernel`` as the probe's result for ``key`` (a resumed run's recorded one)."""
     if kernel not in ("gemm", "conv"):
         raise ValueError(f"a restored 1x1 convolution kernel must be gemm or conv, got {kernel!r}")
-    with _lock:
-        _probed[key] = PointwiseDecision(kernel, "restored")
+    _choices.pin(key, PointwiseDecision(kernel, "restored"))
 
 
 def pointwise_decisions() -> dict[PointwiseKey, PointwiseDecision]:
     """The latest decision per key made in this process (a copy)."""
-    return dict(_decided)
+    return _choices.decided()
 
 
 def clear_pointwise_decisions() -> None:
     """Forget every decision and probe result: the next use probes again."""
-    with _lock:
-        _probed.clear()
-        _decided.clear()
+    _choices.clear()
