@@ -82,41 +82,28 @@ def cpu_isa(
 def engine_layouts() -> list[dict[str, Any]]:
     """The engine's layout decisions in this process, as JSON-ready rows."""
     from concatnets.engine import layout_decisions
+    from concatnets.engine.choices import key_row
 
     return [
-        {
-            "device": key.device,
-            "spatial_rank": key.spatial_rank,
-            "dtype": str(key.dtype).removeprefix("torch."),
-            "threads": key.threads,
-            "layout": decision.layout,
-            "source": decision.source,
-            "probe_seconds": None
-            if decision.probe_seconds is None
-            else dict(decision.probe_seconds),
-        }
-        for key, decision in layout_decisions().items()
+        {**key_row(key), "layout": d.layout, **_provenance(d.source, d.probe_seconds)}
+        for key, d in layout_decisions().items()
     ]
 
 
 def engine_pointwise() -> list[dict[str, Any]]:
     """The engine's 1x1 convolution kernel decisions in this process, as JSON-ready rows."""
     from concatnets.engine import pointwise_decisions
+    from concatnets.engine.choices import key_row
 
     return [
-        {
-            "device": key.device,
-            "dtype": str(key.dtype).removeprefix("torch."),
-            "channels_last": key.channels_last,
-            "threads": key.threads,
-            "kernel": decision.kernel,
-            "source": decision.source,
-            "probe_seconds": None
-            if decision.probe_seconds is None
-            else dict(decision.probe_seconds),
-        }
-        for key, decision in pointwise_decisions().items()
+        {**key_row(key), "kernel": d.kernel, **_provenance(d.source, d.probe_seconds)}
+        for key, d in pointwise_decisions().items()
     ]
+
+
+def _provenance(source: str, seconds: Mapping[str, float] | None) -> dict[str, Any]:
+    """Where a decision came from, and the probe's best seconds per candidate if timed."""
+    return {"source": source, "probe_seconds": None if seconds is None else dict(seconds)}
 
 
 def _version(package: str) -> str | None:

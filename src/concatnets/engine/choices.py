@@ -10,14 +10,17 @@ are restored: an override (``CONCATNETS_LAYOUT``, ``set_layout``, ...) still win
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 
 from concatnets.engine import layout_choice, pointwise_choice
 
-__all__ = ["engine_choice_rows", "restore_engine_choices"]
+__all__ = ["engine_choice_rows", "key_from_row", "key_row", "restore_engine_choices"]
+
+KeyT = TypeVar("KeyT", layout_choice.LayoutKey, pointwise_choice.PointwiseKey)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -27,27 +30,42 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
+# How each key field is read back from JSON, by its annotation.
+_READERS: Mapping[str, Callable[[Any], Any]] = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "torch.dtype": _dtype,
+}
+
+
+def key_row(key: layout_choice.LayoutKey | pointwise_choice.PointwiseKey) -> dict[str, Any]:
+    """A decision key as JSON-ready fields (the dtype by name, e.g. ``"float32"``)."""
+    row = dataclasses.asdict(key)
+    row["dtype"] = str(key.dtype).removeprefix("torch.")
+    return row
+
+
+def key_from_row(cls: type[KeyT], row: Mapping[str, Any]) -> KeyT:
+    """The ``cls`` key whose fields :func:`key_row` wrote into ``row``.
+
+    Raises:
+        KeyError: A field is missing.
+        ValueError: The dtype is unknown.
+    """
+    fields = dataclasses.fields(cls)
+    return cls(**{f.name: _READERS[str(f.type)](row[f.name]) for f in fields})
+
+
 def engine_choice_rows() -> dict[str, list[dict[str, Any]]]:
     """The probe results of this process: ``{"layout": [...], "pointwise": [...]}``."""
     return {
         "layout": [
-            {
-                "device": key.device,
-                "spatial_rank": key.spatial_rank,
-                "dtype": str(key.dtype).removeprefix("torch."),
-                "threads": key.threads,
-                "layout": decision.layout,
-            }
+            {**key_row(key), "layout": decision.layout}
             for key, decision in layout_choice.probed_decisions().items()
         ],
         "pointwise": [
-            {
-                "device": key.device,
-                "dtype": str(key.dtype).removeprefix("torch."),
-                "channels_last": key.channels_last,
-                "threads": key.threads,
-                "kernel": decision.kernel,
-            }
+            {**key_row(key), "kernel": decision.kernel}
             for key, decision in pointwise_choice.probed_decisions().items()
         ],
     }
@@ -63,21 +81,11 @@ def restore_engine_choices(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> i
     restored = 0
     try:
         for row in rows.get("layout", []):
-            key = layout_choice.LayoutKey(
-                str(row["device"]),
-                int(row["spatial_rank"]),
-                _dtype(row["dtype"]),
-                int(row["threads"]),
-            )
+            key = key_from_row(layout_choice.LayoutKey, row)
             layout_choice.pin_probed(key, str(row["layout"]))
             restored += 1
         for row in rows.get("pointwise", []):
-            key = pointwise_choice.PointwiseKey(
-                str(row["device"]),
-                _dtype(row["dtype"]),
-                bool(row["channels_last"]),
-                int(row["threads"]),
-            )
+            key = key_from_row(pointwise_choice.PointwiseKey, row)
             pointwise_choice.pin_probed(key, str(row["kernel"]))
             restored += 1
     except (KeyError, TypeError) as error:
