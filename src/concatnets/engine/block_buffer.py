@@ -50,13 +50,8 @@ from concatnets.engine.dense_layer import (
     dense_layer_spec,
 )
 from concatnets.engine.heap_release import release_if_piled_up
-from concatnets.engine.pointwise import (
-    as_matrices,
-    is_pointwise,
-    pointwise_backward,
-    pointwise_forward,
-)
-from concatnets.engine.pointwise_choice import use_gemm
+from concatnets.engine.pointwise import pointwise_backward, pointwise_forward
+from concatnets.engine.pointwise_choice import runs_gemm
 from concatnets.engine.precision import (
     check_input_dtype,
     in_engine_precision,
@@ -269,11 +264,6 @@ class _Workspace:
         return flat[:numel].view(shape)
 
 
-def _gemm_conv1(layer: DenseLayerSpec, y1: Tensor) -> bool:
-    """Whether the layer's first convolution runs as a matrix product on ``y1``."""
-    return use_gemm(y1) and is_pointwise(layer.conv1) and as_matrices(y1) is not None
-
-
 def _narrow(t: Tensor | None, dim: int, start: int, length: int) -> Tensor | None:
     return None if t is None else t.narrow(dim, start, length)
 
@@ -305,7 +295,7 @@ def _first_conv(
             out=workspace.get("y1", tuple(chunk.shape)),
         )
         weight = w.conv1_weight.narrow(1, start, length)
-        if _gemm_conv1(layer, y1):
+        if runs_gemm(layer.conv1, y1):
             # Chunks add into one tensor: no partial sum per chunk.
             out = pointwise_forward(
                 y1, weight, w.conv1_bias if out is None else None, out=out, accumulate=True
@@ -577,7 +567,7 @@ def _layer_backward(
         )
         weight = w.conv1_weight.narrow(1, start, length)
         has_bias = w.conv1_bias is not None and start == 0
-        if _gemm_conv1(layer, y1):
+        if runs_gemm(layer.conv1, y1):
             # The input gradient goes into the workspace: no chunk-sized allocation.
             grad_y1, conv_w, conv_b = pointwise_backward(
                 grad_first,

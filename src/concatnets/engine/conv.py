@@ -18,7 +18,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from concatnets.engine.precision import is_reduced
 
-__all__ = ["conv_backward", "conv_forward"]
+__all__ = ["as_dtype", "compute_dtype", "conv_backward", "conv_forward"]
 
 
 def _padding(conv: _ConvNd) -> list[int]:
@@ -42,21 +42,22 @@ def _geometry(conv: _ConvNd) -> tuple[list[int], list[int], list[int], bool, lis
     )
 
 
-def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
     """The dtype a convolution of ``x`` runs in: ``x``'s when it is a reduced float."""
     return x.dtype if is_reduced(x.dtype) else weight.dtype
 
 
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+def as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` (itself when it already is)."""
     return t if t.dtype == dtype else t.to(dtype)
 
 
 def conv_forward(conv: _ConvNd, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """Apply ``conv``'s geometry with ``weight``/``bias`` to ``x`` (in ``x``'s dtype when
     that is float16/bfloat16)."""
-    dtype = _compute_dtype(x, weight)
-    bias = None if bias is None else _as(bias, dtype)
-    return torch.convolution(x, _as(weight, dtype), bias, *_geometry(conv))
+    dtype = compute_dtype(x, weight)
+    bias = None if bias is None else as_dtype(bias, dtype)
+    return torch.convolution(x, as_dtype(weight, dtype), bias, *_geometry(conv))
 
 
 def conv_backward(
@@ -75,14 +76,14 @@ def conv_backward(
     bias gradients are returned in ``weight``'s dtype.
     """
     out_channels = weight.shape[1] * conv.groups if conv.transposed else weight.shape[0]
-    dtype = _compute_dtype(x, weight)
+    dtype = compute_dtype(x, weight)
     grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        _as(grad_out, dtype),
+        as_dtype(grad_out, dtype),
         x,
-        _as(weight, dtype),
+        as_dtype(weight, dtype),
         [out_channels] if has_bias else None,
         *_geometry(conv),
         [input_grad, True, has_bias],
     )
-    grad_b = _as(grad_b, weight.dtype) if has_bias else None
-    return (grad_x if input_grad else None), _as(grad_w, weight.dtype), grad_b
+    grad_b = as_dtype(grad_b, weight.dtype) if has_bias else None
+    return (grad_x if input_grad else None), as_dtype(grad_w, weight.dtype), grad_b

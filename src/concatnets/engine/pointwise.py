@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 from torch.nn.modules.conv import _ConvNd
 
+from concatnets.engine.conv import as_dtype, compute_dtype
 from concatnets.engine.layout import channels_last_format
-from concatnets.engine.precision import is_reduced, stats_dtype
+from concatnets.engine.precision import stats_dtype
 
 __all__ = [
     "as_matrices",
@@ -93,12 +94,7 @@ def as_matrices(t: Tensor) -> Tensor | None:
 
 def _weight_matrix(weight: Tensor, dtype: torch.dtype) -> Tensor:
     """A 1x1 kernel ``(C_out, C_in, 1, ...)`` as a ``(C_out, C_in)`` matrix in ``dtype``."""
-    w = weight.reshape(weight.shape[0], weight.shape[1])
-    return w if w.dtype == dtype else w.to(dtype)
-
-
-def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
-    return x.dtype if is_reduced(x.dtype) else weight.dtype
+    return as_dtype(weight.reshape(weight.shape[0], weight.shape[1]), dtype)
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -125,8 +121,9 @@ def pointwise_forward(
     ``x`` and ``out`` must both have a matrix form (:func:`as_matrices`) of the same kind;
     without ``out`` one is allocated in ``x``'s form.
     """
-    dtype = _compute_dtype(x, weight)
+    dtype = compute_dtype(x, weight)
     w = _weight_matrix(weight, dtype)
+    bias = None if bias is None else as_dtype(bias, dtype)
     if out is None:
         out = pointwise_output(x, w.shape[0], dtype)
         accumulate = False
@@ -139,14 +136,14 @@ def pointwise_forward(
         else:
             torch.matmul(w, xm, out=om)
         if bias is not None:
-            om.add_(bias.to(dtype).view(1, -1, 1))
+            om.add_(bias.view(1, -1, 1))
     else:  # (pixels, C): x @ W^T
         if bias is not None and not accumulate:
-            torch.addmm(bias.to(dtype), xm, w.t(), out=om)
+            torch.addmm(bias, xm, w.t(), out=om)
         elif accumulate:
             om.addmm_(xm, w.t())
             if bias is not None:
-                om.add_(bias.to(dtype))
+                om.add_(bias)
         else:
             torch.mm(xm, w.t(), out=om)
     return out
@@ -186,9 +183,9 @@ def pointwise_backward(
     ``x`` with ``x``'s matrix form), else allocated. Weight and bias gradients are summed
     over the batch in float32 under float16/bfloat16 and returned in ``weight``'s dtype.
     """
-    dtype = _compute_dtype(x, weight)
+    dtype = compute_dtype(x, weight)
     w = _weight_matrix(weight, dtype)
-    grad_out = grad_out if grad_out.dtype == dtype else grad_out.to(dtype)
+    grad_out = as_dtype(grad_out, dtype)
     if grad_input is None:
         grad_input = pointwise_output(x, x.shape[1], dtype)
     if _spatial_contiguous(grad_out) != _spatial_contiguous(x):
@@ -205,5 +202,5 @@ def pointwise_backward(
         torch.mm(gm, w, out=im)
         grad_w = torch.mm(gm.t(), xm)
         grad_b = gm.sum(0, dtype=sum_dtype) if has_bias else None
-    grad_w = grad_w.to(weight.dtype).view(weight.shape)
-    return grad_input, grad_w, (None if grad_b is None else grad_b.to(weight.dtype))
+    grad_w = as_dtype(grad_w, weight.dtype).view(weight.shape)
+    return grad_input, grad_w, (None if grad_b is None else as_dtype(grad_b, weight.dtype))

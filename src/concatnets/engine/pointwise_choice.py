@@ -40,7 +40,7 @@ from torch.nn.modules.conv import _ConvNd
 from concatnets.engine.choice_cache import ChoiceCache
 from concatnets.engine.conv import conv_backward, conv_forward
 from concatnets.engine.kernel_timing import best_alternating
-from concatnets.engine.layout import channels_last_format
+from concatnets.engine.layout import channels_last_format, layout_of
 from concatnets.engine.pointwise import (
     as_matrices,
     is_pointwise,
@@ -62,6 +62,7 @@ __all__ = [
     "pin_probed",
     "pointwise_decisions",
     "probed_decisions",
+    "runs_gemm",
     "set_pointwise_kernel",
     "time_pointwise_step",
     "use_gemm",
@@ -218,18 +219,20 @@ def use_gemm(x: Tensor) -> bool:
     """
     if torch.compiler.is_compiling():
         return False
-    channels_last = x.dim() > 2 and x.shape[1] > 1 and x.stride(1) == 1
+    channels_last = layout_of(x) != torch.contiguous_format
     return decide_pointwise(x.device, x.dtype, channels_last).kernel == "gemm"
 
 
-def _runs_gemm(conv: _ConvNd, x: Tensor) -> bool:
+def runs_gemm(conv: _ConvNd, x: Tensor) -> bool:
+    """Whether ``conv`` on ``x`` runs as a matrix product: a plain 1x1 convolution, ``x``
+    with a matrix form, and the kernel chosen for ``x`` is ``gemm`` (timed only then)."""
     return is_pointwise(conv) and as_matrices(x) is not None and use_gemm(x)
 
 
 def chosen_conv_forward(conv: _ConvNd, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """:func:`~concatnets.engine.conv.conv_forward`, as a matrix product where ``conv`` is
     1x1 and the kernel chosen for ``x`` is ``gemm``."""
-    if _runs_gemm(conv, x):
+    if runs_gemm(conv, x):
         return pointwise_forward(x, weight, bias)
     return conv_forward(conv, x, weight, bias)
 
@@ -239,7 +242,7 @@ def chosen_conv_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """:func:`~concatnets.engine.conv.conv_backward` (input, weight and bias gradients),
     as a matrix product where :func:`chosen_conv_forward` ran one."""
-    if _runs_gemm(conv, x):
+    if runs_gemm(conv, x):
         return pointwise_backward(grad_out, x, weight, has_bias=has_bias)
     return conv_backward(conv, grad_out, x, weight, has_bias=has_bias)
 
