@@ -19,7 +19,7 @@ from concatnets.cli.common import (
     epilog,
     resolve_device,
 )
-from concatnets.cli.predict_command import DEFAULT_TILE_SIZE
+from concatnets.cli.predict_command import DEFAULT_TILE_SIZE, check_tile_size
 from concatnets.cli.tiled_forward import TiledForward
 from concatnets.data.datasets import LabelledDataset
 from concatnets.data.masks import parse_mask_values
@@ -201,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tile_size(args: argparse.Namespace, trained: TrainedModel) -> int:
-    if args.tile_size is not None and args.tile_size < 16:
-        raise ValueError(f"--tile-size {args.tile_size} is too small; use at least 16")
+    check_tile_size(args.tile_size)
     return args.tile_size or DEFAULT_TILE_SIZE[trained.spatial_dims]
 
 

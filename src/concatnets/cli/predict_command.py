@@ -38,6 +38,7 @@ from concatnets.training.plots import save_overlay_panel
 __all__ = [
     "DEFAULT_TILE_SIZE",
     "add_parser",
+    "check_tile_size",
     "predict_logits",
     "predict_mask",
     "run",
@@ -46,6 +47,12 @@ __all__ = [
 
 _FORMATS = ("png", "npy")
 DEFAULT_TILE_SIZE = {2: 512, 3: 96}  # a 96^3 tile holds about as many voxels as 940^2 pixels
+
+
+def check_tile_size(requested: int | None) -> None:
+    """Refuse a ``--tile-size`` too small to tile with (None: the default applies)."""
+    if requested is not None and requested < 16:
+        raise ValueError(f"--tile-size {requested} is too small; use at least 16")
 
 
 def tile_size_for(model: torch.nn.Module, requested: int) -> int:
@@ -283,8 +290,7 @@ def _mask_tables(
 def run(args: argparse.Namespace) -> int:
     """Predict every input image and write the results."""
     formats = _parse_formats(args.format)
-    if args.tile_size is not None and args.tile_size < 16:
-        raise ValueError(f"--tile-size {args.tile_size} is too small; use at least 16")
+    check_tile_size(args.tile_size)
     device = resolve_device(args.device)
     trained = load_trained_model(args.run, device, which=args.which)
     files = _find_inputs(Path(args.input), trained, args.run)
